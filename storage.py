@@ -1,0 +1,113 @@
+"""The three storage tiers and their environment defaults.
+
+One definition, read by the worker, the provisioning code and the validator, so they can never
+disagree about where models, scratch files and voices live:
+
+| tier              | default path / location         | holds                                   |
+|-------------------|---------------------------------|-----------------------------------------|
+| network volume    | ``/runpod-volume/models``       | model weights, Hugging Face/torch caches |
+| container scratch | ``$TMPDIR`` (``/tmp``)          | per-job files, removed after every job   |
+| S3 bucket         | ``s3://$BUCKET_NAME/...``       | reference voices + transcripts, outputs  |
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_VOLUME = "/runpod-volume"
+JOB_DIR_PREFIX = "f5tts-job-"
+
+
+@dataclass(frozen=True)
+class CachePaths:
+    """Network-volume tier: where every model cache lives."""
+
+    volume: Path
+    hf_home: Path
+    hub_cache: Path
+    torch_home: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> CachePaths:
+        volume = Path(env.get("RUNPOD_VOLUME_PATH", DEFAULT_VOLUME))
+        hf_home = Path(env.get("HF_HOME", str(volume / "models")))
+        return cls(
+            volume=volume,
+            hf_home=hf_home,
+            hub_cache=Path(env.get("HF_HUB_CACHE", str(hf_home / "hub"))),
+            torch_home=Path(env.get("TORCH_HOME", str(hf_home / "torch"))),
+        )
+
+
+def apply_cache_env(env: MutableMapping[str, str] = os.environ) -> CachePaths:
+    """Pin the Hugging Face and torch caches to the volume unless the operator set them.
+
+    Must run before ``huggingface_hub``/``transformers`` are imported: they read these
+    variables once, at import time.
+    """
+    paths = CachePaths.from_env(env)
+    env.setdefault("HF_HOME", str(paths.hf_home))
+    env.setdefault("HF_HUB_CACHE", str(paths.hub_cache))
+    env.setdefault("TORCH_HOME", str(paths.torch_home))
+    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    return paths
+
+
+def scratch_root() -> Path:
+    """Container-scratch tier: the system temp dir (``TMPDIR``, default ``/tmp``)."""
+    return Path(tempfile.gettempdir())
+
+
+def make_job_dir(job_id: str) -> Path:
+    """A fresh per-job directory under the scratch tier; the caller removes it."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in job_id)[:64]
+    return Path(tempfile.mkdtemp(prefix=f"{JOB_DIR_PREFIX}{safe}-", dir=scratch_root()))
+
+
+@dataclass(frozen=True)
+class BucketSettings:
+    """S3 tier: the bucket for voices and outputs (never models)."""
+
+    name: str | None
+    endpoint_url: str | None
+    access_key_id: str | None
+    secret_access_key: str | None
+    region: str | None
+    voices_prefix: str
+    outputs_prefix: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> BucketSettings:
+        def get(name: str) -> str | None:
+            return env.get(name) or None
+
+        return cls(
+            name=get("BUCKET_NAME"),
+            endpoint_url=get("BUCKET_ENDPOINT_URL"),
+            access_key_id=get("BUCKET_ACCESS_KEY_ID"),
+            secret_access_key=get("BUCKET_SECRET_ACCESS_KEY"),
+            region=get("BUCKET_REGION"),
+            voices_prefix=_as_prefix(env.get("VOICES_PREFIX", "voices/")),
+            outputs_prefix=_as_prefix(env.get("OUTPUTS_PREFIX", "outputs/")),
+        )
+
+    @property
+    def configured(self) -> bool:
+        return self.name is not None
+
+    def __repr__(self) -> str:  # never print the secret, even by accident
+        return (
+            f"BucketSettings(name={self.name!r}, endpoint_url={self.endpoint_url!r}, "
+            f"access_key_id={'set' if self.access_key_id else None}, "
+            f"secret_access_key={'set' if self.secret_access_key else None}, region={self.region!r}, "
+            f"voices_prefix={self.voices_prefix!r}, outputs_prefix={self.outputs_prefix!r})"
+        )
+
+
+def _as_prefix(value: str) -> str:
+    value = value.strip("/")
+    return f"{value}/" if value else ""

@@ -1,0 +1,145 @@
+"""The job pipeline in-process: real tiny model, real moto S3, real encoders."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ALICE_TEXT, decode, reference_wav_bytes
+
+FAST = {"nfe_step": 4, "seed": 7}
+
+
+def job(job_id: str = "job-1", **fields) -> dict:
+    return {"id": job_id, "input": {"text": "Hello there, this is a test.", **FAST, **fields}}
+
+
+def test_default_voice_without_bucket_returns_inline_wav(make_worker, scratch: Path):
+    result = make_worker({}).run(job())
+    assert "error" not in result, result
+    wave, sr = decode(base64.b64decode(result["audio_base64"]))
+    assert sr == result["sample_rate"] == 24_000
+    assert result["duration_s"] == pytest.approx(len(wave) / sr, abs=1e-3)
+    assert result["duration_s"] > 0.3
+    assert result["voice"] == "default" and result["seed"] == 7
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("voice", ["alice", "bob", "carol"])
+def test_s3_voice_output_uploaded_under_job_id(make_worker, bucket_env, s3, scratch: Path, voice: str):
+    result = make_worker(bucket_env).run(job("abc-123", voice=voice))
+    assert "error" not in result, result
+    assert result["audio_key"] == "outputs/abc-123.wav"
+    body = s3.get_object(Bucket=bucket_env["BUCKET_NAME"], Key=result["audio_key"])
+    assert body["ContentType"] == "audio/wav"
+    wave, sr = decode(body["Body"].read())
+    assert sr == 24_000 and len(wave) / sr == pytest.approx(result["duration_s"], abs=1e-3)
+    assert {"fetch_voice", "prepare_reference", "synthesize", "encode", "upload", "total"} <= set(result["timings_ms"])
+    assert list(scratch.iterdir()) == []
+
+
+def test_presigned_url_serves_the_object(make_worker, bucket_env):
+    import requests
+
+    result = make_worker(bucket_env).run(job(voice="alice"))
+    response = requests.get(result["audio_url"], timeout=10)
+    assert response.status_code == 200
+    assert decode(response.content)[1] == 24_000
+
+
+@pytest.mark.parametrize(("fmt", "content_type"), [("wav", "audio/wav"), ("flac", "audio/flac"),
+                                                   ("mp3", "audio/mpeg"), ("ogg", "audio/ogg")])
+def test_every_output_format_decodes(make_worker, bucket_env, s3, fmt: str, content_type: str):
+    result = make_worker(bucket_env).run(job(f"fmt-{fmt}", voice="alice", output_format=fmt))
+    assert result["audio_key"] == f"outputs/fmt-{fmt}.{fmt}"
+    body = s3.get_object(Bucket=bucket_env["BUCKET_NAME"], Key=result["audio_key"])
+    assert body["ContentType"] == content_type
+    wave, sr = decode(body["Body"].read())
+    assert sr == 24_000
+    # lossy codecs pad a little at the edges
+    assert len(wave) / sr == pytest.approx(result["duration_s"], abs=0.1)
+
+
+def test_return_base64_with_bucket_skips_upload(make_worker, bucket_env, s3):
+    result = make_worker(bucket_env).run(job("inline", voice="alice", return_base64=True, output_format="flac"))
+    assert "audio_key" not in result
+    assert decode(base64.b64decode(result["audio_base64"]))[1] == 24_000
+    assert s3.list_objects_v2(Bucket=bucket_env["BUCKET_NAME"], Prefix="outputs/").get("KeyCount") == 0
+
+
+def test_second_job_on_same_voice_reuses_prepared_reference(make_worker, bucket_env, s3):
+    worker = make_worker(bucket_env)
+    first = worker.run(job("one", voice="alice"))
+    second = worker.run(job("two", voice="alice"))
+    assert (first["voice_cached"], second["voice_cached"]) == (False, True)
+    assert "prepare_reference" in first["timings_ms"]
+    assert "prepare_reference" not in second["timings_ms"]
+    # replacing the voice (new ETag) invalidates the cache
+    s3.put_object(Bucket=bucket_env["BUCKET_NAME"], Key="voices/alice.wav", Body=reference_wav_bytes()[:-4000])
+    assert worker.run(job("three", voice="alice"))["voice_cached"] is False
+
+
+def test_same_seed_same_audio(make_worker):
+    worker = make_worker({})
+    a = worker.run(job("a", seed=11))["audio_base64"]
+    b = worker.run(job("b", seed=11))["audio_base64"]
+    c = worker.run(job("c", seed=12))["audio_base64"]
+    assert a == b != c
+
+
+def test_ref_text_override_and_remove_silence(make_worker, bucket_env):
+    result = make_worker(bucket_env).run(job(voice="mute", ref_text=ALICE_TEXT, remove_silence=True))
+    assert "error" not in result, result
+
+
+BAD_INPUTS = [
+    ({"text": ""}, "input.text"),
+    ({"text": 5}, "input.text"),
+    ({"text": "x" * 6000}, "input.text"),
+    ({"text": "a\x00b"}, "input.text"),
+    ({"text": "\ud800"}, "input.text"),
+    ({"voice": "../secrets"}, "input.voice"),
+    ({"voice": "/etc/passwd"}, "input.voice"),
+    ({"voice": "a" * 65}, "input.voice"),
+    ({"voice": "ghost"}, "not found"),
+    ({"voice": "mute"}, "no transcript"),
+    ({"output_format": "aac"}, "input.output_format"),
+    ({"speed": 0}, "input.speed"),
+    ({"speed": "fast"}, "input.speed"),
+    ({"nfe_step": 3.5}, "input.nfe_step"),
+    ({"nfe_step": True}, "input.nfe_step"),
+    ({"nfe_step": 10**30}, "input.nfe_step"),
+    ({"cfg_strength": float("nan")}, "input.cfg_strength"),
+    ({"seed": -1}, "input.seed"),
+    ({"remove_silence": "yes"}, "input.remove_silence"),
+    ({"bogus": 1}, "input.bogus"),
+]
+
+
+@pytest.mark.parametrize(("fields", "expected"), BAD_INPUTS)
+def test_bad_input_is_a_string_error_and_the_next_job_succeeds(make_worker, bucket_env, scratch, fields, expected):
+    worker = make_worker(bucket_env)
+    bad = worker.run({"id": "bad", "input": {"text": "Hello.", **fields}})
+    assert set(bad) == {"error"} and isinstance(bad["error"], str)
+    assert expected in bad["error"]
+    assert "error" not in worker.run(job("good", voice="alice"))
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("raw", [None, [], "text", 3])
+def test_input_that_is_not_an_object(make_worker, raw):
+    assert "must be a JSON object" in make_worker({}).run({"id": "x", "input": raw})["error"]
+
+
+def test_named_voice_without_bucket_is_a_clear_error(make_worker):
+    assert "BUCKET_NAME is not set" in make_worker({}).run(job(voice="alice"))["error"]
+
+
+def test_inline_output_over_the_limit_is_refused(make_worker, monkeypatch):
+    import runpod_handler
+
+    monkeypatch.setattr(runpod_handler, "MAX_INLINE_BASE64_BYTES", 1000)
+    error = make_worker({}).run(job())["error"]
+    assert "inline limit" in error and "configure a bucket" in error

@@ -1,0 +1,119 @@
+"""Tiny random-weight F5-TTS and Vocos written into a Hugging Face cache layout.
+
+The real loading code (``huggingface_hub`` offline, ``load_model``, ``load_vocoder``) runs
+against these exactly as against the published weights; only the sizes differ. Files are
+stored as content-addressed blobs with snapshot symlinks and ``refs/main``, as the hub does.
+
+    python -m tests.tiny_models DIR   # writes DIR/hub and prints the env that selects it
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+import yaml
+
+TINY_REPO = "tiny-random/f5-tts"
+VOCODER_REPO = "charactr/vocos-mel-24khz"
+REVISION = "0" * 39 + "1"
+TINY_ARCH = {
+    "dim": 64, "depth": 2, "heads": 2, "ff_mult": 2, "text_dim": 32, "conv_layers": 1,
+    "text_mask_padding": True, "qk_norm": None, "pe_attn_head": None,
+    "attn_backend": "torch", "attn_mask_enabled": False, "checkpoint_activations": False,
+}
+TINY_VOCOS = {
+    "feature_extractor": {
+        "class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
+        "init_args": {"sample_rate": 24000, "n_fft": 1024, "hop_length": 256, "n_mels": 100, "padding": "center"},
+    },
+    "backbone": {
+        "class_path": "vocos.models.VocosBackbone",
+        "init_args": {"input_channels": 100, "dim": 32, "intermediate_dim": 96, "num_layers": 1},
+    },
+    "head": {
+        "class_path": "vocos.heads.ISTFTHead",
+        "init_args": {"dim": 32, "n_fft": 1024, "hop_length": 256, "padding": "center"},
+    },
+}
+
+
+def write_hub_file(hub_cache: Path, repo_id: str, filename: str, data: bytes, revision: str = REVISION) -> Path:
+    """Store ``data`` as a blob and link it from ``snapshots/<revision>/<filename>``."""
+    repo_dir = hub_cache / f"models--{repo_id.replace('/', '--')}"
+    blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(data)
+    link = repo_dir / "snapshots" / revision / filename
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(Path("../" * (filename.count("/") + 2)) / "blobs" / blob.name)
+    (repo_dir / "refs").mkdir(exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(revision)
+    return link
+
+
+def tiny_f5_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random DiT of ``TINY_ARCH`` inside CFM, keyed as upstream's EMA checkpoints are."""
+    from f5_tts.model import CFM, DiT
+    from f5_tts.model.utils import get_tokenizer
+
+    torch.manual_seed(seed)
+    _, vocab_size = get_tokenizer(str(files("f5_tts").joinpath("infer/examples/vocab.txt")), "custom")
+    cfm = CFM(transformer=DiT(**TINY_ARCH, text_num_embeds=vocab_size, mel_dim=100))
+    return {f"ema_model.{k}": v.contiguous() for k, v in cfm.state_dict().items()}
+
+
+def tiny_vocos_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    from vocos import Vocos
+
+    torch.manual_seed(seed)
+    return Vocos(
+        feature_extractor=_instantiate(TINY_VOCOS["feature_extractor"]),
+        backbone=_instantiate(TINY_VOCOS["backbone"]),
+        head=_instantiate(TINY_VOCOS["head"]),
+    ).state_dict()
+
+
+def _instantiate(spec: dict) -> object:
+    module, _, cls = spec["class_path"].rpartition(".")
+    return getattr(__import__(module, fromlist=[cls]), cls)(**spec["init_args"])
+
+
+def build_tiny_cache(hub_cache: Path) -> dict[str, str]:
+    """Write the tiny model and vocoder into ``hub_cache``; return the env that selects them."""
+    import io
+
+    from safetensors.torch import save
+
+    vocab = files("f5_tts").joinpath("infer/examples/vocab.txt").read_bytes()
+    config = yaml.safe_dump({"model": {"backbone": "DiT", "arch": TINY_ARCH}}).encode()
+    write_hub_file(hub_cache, TINY_REPO, "model.safetensors", save(tiny_f5_state_dict()))
+    write_hub_file(hub_cache, TINY_REPO, "vocab.txt", vocab)
+    write_hub_file(hub_cache, TINY_REPO, "config.yaml", config)
+    buffer = io.BytesIO()
+    torch.save(tiny_vocos_state_dict(), buffer)
+    write_hub_file(hub_cache, VOCODER_REPO, "config.yaml", yaml.safe_dump(TINY_VOCOS).encode())
+    write_hub_file(hub_cache, VOCODER_REPO, "pytorch_model.bin", buffer.getvalue())
+    return tiny_model_env()
+
+
+def tiny_model_env() -> dict[str, str]:
+    return {
+        "F5TTS_MODEL": "tiny",
+        "F5TTS_CKPT_FILE": f"hf://{TINY_REPO}/model.safetensors",
+        "F5TTS_VOCAB_FILE": f"hf://{TINY_REPO}/vocab.txt",
+        "F5TTS_MODEL_CONFIG": f"hf://{TINY_REPO}/config.yaml",
+    }
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1]).resolve()
+    shutil.rmtree(root / "hub", ignore_errors=True)
+    env = build_tiny_cache(root / "hub")
+    for key, value in {"HF_HOME": str(root), "HF_HUB_CACHE": str(root / "hub"), **env}.items():
+        print(f"export {key}={value}")

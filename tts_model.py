@@ -1,0 +1,106 @@
+"""The F5-TTS model and Vocos vocoder, loaded once per worker process, and synthesis.
+
+Loading and the maths are upstream's (``f5_tts.infer.utils_infer``); this module decides the
+device, where the files come from, and holds the one instance the worker uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model_files import ModelSources, ResolvedModel, resolve_model
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 24_000  # F5-TTS and Vocos both work at 24 kHz
+MAX_CONTEXT_S = 22.0  # upstream's budget of reference + generated seconds per chunk
+
+
+@dataclass(frozen=True)
+class SynthesisParams:
+    nfe_step: int = 32
+    cfg_strength: float = 2.0
+    sway_sampling_coef: float = -1.0
+    speed: float = 1.0
+    cross_fade_duration: float = 0.15
+    seed: int = 0
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def chunk_budget(ref_audio_s: float, ref_text: str, speed: float) -> int:
+    """Upstream's per-chunk text budget: the reference's bytes-per-second rate over what is
+    left of the context window (same formula as ``utils_infer.infer_process``)."""
+    rate = len(ref_text.encode("utf-8")) / ref_audio_s
+    return max(1, int(rate * (MAX_CONTEXT_S - ref_audio_s) * speed))
+
+
+class TTSModel:
+    """One loaded F5-TTS + vocoder. ``synthesize`` is serialised: the model is not re-entrant."""
+
+    def __init__(self, model: torch.nn.Module, vocoder: torch.nn.Module, device: str, resolved: ResolvedModel):
+        self.model = model
+        self.vocoder = vocoder
+        self.device = device
+        self.resolved = resolved
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, sources: ModelSources, cache_dir: Path, allow_download: bool, device: str | None = None) -> TTSModel:
+        from f5_tts import model as f5_models
+        from f5_tts.infer.utils_infer import load_model, load_vocoder
+
+        device = device or pick_device()
+        started = time.perf_counter()
+        resolved = resolve_model(sources, cache_dir, allow_download)
+        vocoder = load_vocoder("vocos", is_local=True, local_path=str(resolved.vocoder_dir), device=device)
+        model = load_model(
+            getattr(f5_models, resolved.backbone),
+            resolved.arch,
+            str(resolved.checkpoint),
+            mel_spec_type="vocos",
+            vocab_file=str(resolved.vocab or ""),
+            device=device,
+        )
+        log.info(
+            "loaded %s (%s) from %s on %s in %.2fs",
+            resolved.name, resolved.backbone, resolved.checkpoint, device, time.perf_counter() - started,
+        )
+        return cls(model, vocoder, device, resolved)
+
+    def synthesize(self, ref_audio: torch.Tensor, ref_text: str, text: str, params: SynthesisParams) -> np.ndarray:
+        """Speech for ``text`` in the voice of ``ref_audio`` (mono, 24 kHz, shape ``(1, n)``)."""
+        from f5_tts.infer.utils_infer import chunk_text, infer_batch_process
+        from f5_tts.model.utils import seed_everything
+
+        budget = chunk_budget(ref_audio.shape[-1] / SAMPLE_RATE, ref_text, params.speed)
+        chunks = chunk_text(text, max_chars=budget)
+        with self._lock:
+            seed_everything(params.seed)
+            wave, _, _ = next(
+                infer_batch_process(
+                    (ref_audio, SAMPLE_RATE),
+                    ref_text,
+                    chunks,
+                    self.model,
+                    self.vocoder,
+                    mel_spec_type="vocos",
+                    progress=None,
+                    cross_fade_duration=params.cross_fade_duration,
+                    nfe_step=params.nfe_step,
+                    cfg_strength=params.cfg_strength,
+                    sway_sampling_coef=params.sway_sampling_coef,
+                    speed=params.speed,
+                    device=self.device,
+                )
+            )
+        return np.asarray(wave, dtype=np.float32)
