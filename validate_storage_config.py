@@ -152,6 +152,8 @@ def probe_write(directory: Path) -> str | None:
 
 
 def _size(n: float) -> str:
+    if n == 0:
+        return "0 bytes"
     return f"{n / GB:.2f} GB" if n >= 0.1 * GB else f"{n / 1e6:.1f} MB"
 
 
@@ -214,7 +216,10 @@ def check_dirs(s: Settings) -> Result:
                                  f"make {path} writable by this user (check the volume is mounted read-write)"))
             continue
         ancestor = _nearest_existing(path)
-        error = probe_write(ancestor) if ancestor.is_dir() else f"{ancestor} is not a directory"
+        if label == "volume":  # created on the container disk it would hide exactly what is wrong
+            error = "the volume is not mounted"
+        else:
+            error = probe_write(ancestor) if ancestor.is_dir() else f"{ancestor} is not a directory"
         details[label] = {"path": str(path), "exists": False, "creatable": error is None}
         if error:
             problems.append((Status.FAIL, f"{label} {path} does not exist and cannot be created ({error})",

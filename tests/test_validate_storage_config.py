@@ -117,6 +117,8 @@ def test_volume_on_its_own_filesystem_passes(provisioned, scratch):
 def test_volume_missing_or_on_the_container_disk_fails(tmp_path, scratch):
     missing = v.check_volume(settings({"RUNPOD_VOLUME_PATH": str(tmp_path / "none")}, scratch))
     assert missing.status is v.Status.FAIL and "does not exist" in missing.reason
+    dirs = v.check_dirs(settings({"RUNPOD_VOLUME_PATH": str(tmp_path / "none")}, scratch))
+    assert dirs.status is v.Status.FAIL and "the volume is not mounted" in dirs.reason
     same_fs = v.check_volume(settings({"RUNPOD_VOLUME_PATH": str(tmp_path)}, scratch))
     assert same_fs.status is v.Status.FAIL and "same filesystem as /" in same_fs.reason
 
