@@ -258,7 +258,9 @@ def _verify_blob_hash(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     if digest.hexdigest() != name:
-        raise IncompleteFile(f"{path}: content {kind} {digest.hexdigest()[:12]}... differs from the blob name {name[:12]}...")
+        raise IncompleteFile(
+            f"{path}: content {kind} {digest.hexdigest()[:12]}... differs from the blob name {name[:12]}..."
+        )
     return f"{kind} matches the blob name"
 
 

@@ -163,7 +163,8 @@ def check_env(s: Settings) -> Result:
     volume = s.cache.volume
     problems: list[tuple[Status, str, str]] = []
     details: dict[str, Any] = {"volume": str(volume)}
-    for var, path in (("HF_HOME", s.cache.hf_home), ("HF_HUB_CACHE", s.cache.hub_cache), ("TORCH_HOME", s.cache.torch_home)):
+    cache_vars = {"HF_HOME": s.cache.hf_home, "HF_HUB_CACHE": s.cache.hub_cache, "TORCH_HOME": s.cache.torch_home}
+    for var, path in cache_vars.items():
         where = ("volume" if _within(path, volume) else "scratch" if _within(path, s.scratch)
                  else "container disk" if _same_fs(path, s.container_root) else "other filesystem")
         details[var] = {"set": var in s.env, "path": str(path), "location": where}
@@ -181,7 +182,8 @@ def check_env(s: Settings) -> Result:
         value = s.env.get(var)
         if value and os.path.realpath(value) != os.path.realpath(s.cache.hub_cache):
             what = "only the legacy" if not hf_set else "the legacy"
-            problems.append((Status.WARN, f"{what} {var}={value} is set; the worker ignores it and uses {s.cache.hub_cache}",
+            problems.append((Status.WARN, f"{what} {var}={value} is set; the worker ignores it and uses "
+                             f"{s.cache.hub_cache}",
                              f"set HF_HUB_CACHE (or HF_HOME) instead and unset {var}"))
     return _worst(problems, "env", f"HF_HOME, HF_HUB_CACHE, TORCH_HOME set, all inside the volume {volume}", details)
 
@@ -227,7 +229,8 @@ def check_dirs(s: Settings) -> Result:
         else:
             problems.append((Status.WARN, f"{label} {path} does not exist yet (it is created on first use)",
                              f"mkdir -p {path}"))
-    return _worst(problems, "dirs", "every cache directory exists and takes a probe file (create, fsync, delete)", details)
+    ok = "every cache directory exists and takes a probe file (create, fsync, delete)"
+    return _worst(problems, "dirs", ok, details)
 
 
 @dataclass(frozen=True)
@@ -270,7 +273,8 @@ def check_space(s: Settings) -> Result:
                       "or attach a larger volume", details)
     if config_error or unknown:
         why = config_error or f"size of {', '.join(unknown)} unknown until downloaded"
-        return Result("space", Status.WARN, f"{summary}; {why}", "check the volume holds the custom model files", details)
+        return Result("space", Status.WARN, f"{summary}; {why}", "check the volume holds the custom model files",
+                      details)
     return _pass("space", summary, **details)
 
 
@@ -283,7 +287,8 @@ def check_tmp(s: Settings) -> Result:
     details = {"path": str(s.scratch), "free_bytes": free, "min_free_bytes": s.min_scratch_free_bytes}
     if free < s.min_scratch_free_bytes:
         return Result("tmp", Status.FAIL, f"scratch dir {s.scratch} has {_size(free)} free, below "
-                      f"{_size(s.min_scratch_free_bytes)}", "raise the container disk size or clean the scratch dir", details)
+                      f"{_size(s.min_scratch_free_bytes)}", "raise the container disk size or clean the scratch dir",
+                      details)
     return _pass("tmp", f"scratch dir {s.scratch} writable, {_size(free)} free", **details)
 
 
@@ -316,7 +321,8 @@ def check_model(s: Settings) -> Result:
             problems.append((Status.FAIL, str(err), f"delete {f.path.resolve()} and download {f.ref} again"))
             details["files"][f.ref] = {"present": True, "path": str(f.path), "bytes": size, "complete": False}
             continue
-        details["files"][f.ref] = {"present": True, "path": str(f.path), "bytes": size, "complete": True, "checked": how}
+        details["files"][f.ref] = {"present": True, "path": str(f.path), "bytes": size, "complete": True,
+                                   "checked": how}
     config = next((f for f in files if f.ref == sources.config and f.path), None)
     if config is not None:
         try:
@@ -441,15 +447,17 @@ def _s3_client_error(client: Any, b: BucketSettings, where: str, step: str, err:
             pass
     details = {"steps": done, "failed_step": step, "code": code}
     if code in ("404", "NoSuchBucket"):
-        return Result("s3", Status.FAIL, f"{where}: bucket does not exist", "create the bucket or fix BUCKET_NAME", details)
+        return Result("s3", Status.FAIL, f"{where}: bucket does not exist", "create the bucket or fix BUCKET_NAME",
+                      details)
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
         return Result("s3", Status.FAIL, f"{where}: credentials rejected ({code})",
                       "fix BUCKET_ACCESS_KEY_ID / BUCKET_SECRET_ACCESS_KEY", details)
     if code in ("403", "AccessDenied"):
         return Result("s3", Status.FAIL, f"{where}: access denied at {step} ({code})",
                       f"grant the key s3:GetObject, PutObject, DeleteObject and ListBucket on {b.name}", details)
-    return Result("s3", Status.FAIL, f"{where}: {step} failed ({code}: {err.response.get('Error', {}).get('Message', '')})",
-                  "check the bucket settings", details)
+    message = err.response.get("Error", {}).get("Message", "")
+    return Result("s3", Status.FAIL, f"{where}: {step} failed ({code}: {message})", "check the bucket settings",
+                  details)
 
 
 def _lock_state(path: Path) -> str:
@@ -479,7 +487,8 @@ def check_leftovers(s: Settings) -> Result:
     minutes = f"{s.stale_after_s / 60:.0f} min"
     job_dirs = [p for p in s.scratch.glob(f"{JOB_DIR_PREFIX}*") if p.is_dir() and old(p)] if s.scratch.is_dir() else []
     if job_dirs:
-        problems.append((Status.WARN, f"{len(job_dirs)} per-job dirs older than {minutes} in {s.scratch} (a worker died mid-job)",
+        problems.append((Status.WARN, f"{len(job_dirs)} per-job dirs older than {minutes} in {s.scratch} "
+                         "(a worker died mid-job)",
                          f"rm -r {s.scratch}/{JOB_DIR_PREFIX}*  (when no worker runs)"))
     hub = s.cache.hub_cache
     partial = sorted(hub.rglob("*.incomplete")) if hub.is_dir() else []
@@ -497,8 +506,8 @@ def check_leftovers(s: Settings) -> Result:
                          "block downloads", f"delete them: {stale[0]} ..."))
     details = {"stale_job_dirs": [str(p) for p in job_dirs], "incomplete": [str(p) for p in partial],
                "locks": {str(p): state for p, state in locks.items()}}
-    return _worst(problems, "leftovers", f"no stale job dirs in {s.scratch}, no partial downloads or held locks in {hub}",
-                  details)
+    ok = f"no stale job dirs in {s.scratch}, no partial downloads or held locks in {hub}"
+    return _worst(problems, "leftovers", ok, details)
 
 
 CHECKS: dict[str, Callable[[Settings], Result]] = {

@@ -94,7 +94,8 @@ def test_env_passes_with_every_cache_inside_the_volume(provisioned, scratch):
 
 
 def test_env_warns_on_unset_legacy_only_and_scratch_caches(volume, scratch, tmp_path):
-    legacy = v.check_env(settings({"RUNPOD_VOLUME_PATH": str(volume), "TRANSFORMERS_CACHE": "/root/.cache/tf"}, scratch))
+    legacy_env = {"RUNPOD_VOLUME_PATH": str(volume), "TRANSFORMERS_CACHE": "/root/.cache/tf"}
+    legacy = v.check_env(settings(legacy_env, scratch))
     assert legacy.status is v.Status.WARN
     problems = "\n".join(legacy.details["problems"])
     assert "HF_HOME is not set" in problems and "only the legacy TRANSFORMERS_CACHE" in problems
@@ -103,7 +104,8 @@ def test_env_warns_on_unset_legacy_only_and_scratch_caches(volume, scratch, tmp_
                                        "HF_HUB_CACHE": str(scratch / "hf" / "hub")}, scratch))
     assert in_scratch.status is v.Status.WARN and "in the scratch dir" in in_scratch.reason
 
-    on_disk = v.check_env(settings({**volume_env(volume), "TORCH_HOME": str(tmp_path / "torch")}, tmp_path / "elsewhere"))
+    on_disk_env = {**volume_env(volume), "TORCH_HOME": str(tmp_path / "torch")}
+    on_disk = v.check_env(settings(on_disk_env, tmp_path / "elsewhere"))
     assert on_disk.status is v.Status.WARN and "(container disk)" in on_disk.reason
 
 
@@ -320,7 +322,8 @@ def iam_moto() -> Iterator[dict[str, dict[str, str]]]:
         nobody = iam.create_access_key(UserName="nobody")["AccessKey"]  # 5
         boto3.client("s3", **admin).create_bucket(Bucket="iam-bucket")  # 6
         base = {"BUCKET_NAME": "iam-bucket", "BUCKET_ENDPOINT_URL": endpoint, "BUCKET_REGION": "us-east-1"}
-        yield {name: {**base, "BUCKET_ACCESS_KEY_ID": key["AccessKeyId"], "BUCKET_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        yield {name: {**base, "BUCKET_ACCESS_KEY_ID": key["AccessKeyId"],
+                      "BUCKET_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
                for name, key in (("worker", worker), ("nobody", nobody))}
     finally:
         proc.terminate()
@@ -339,7 +342,8 @@ def test_s3_with_valid_iam_credentials_passes(iam_moto, provisioned, scratch):
 def test_s3_bad_credentials_fail(iam_moto, provisioned, scratch, override, code):
     result = v.check_s3(settings({**provisioned, **iam_moto["worker"], **override}, scratch))
     assert result.status is v.Status.FAIL
-    assert result.reason == f"s3://iam-bucket at {iam_moto['worker']['BUCKET_ENDPOINT_URL']}: credentials rejected ({code})"
+    endpoint = iam_moto["worker"]["BUCKET_ENDPOINT_URL"]
+    assert result.reason == f"s3://iam-bucket at {endpoint}: credentials rejected ({code})"
 
 
 def test_s3_key_without_permissions_is_access_denied(iam_moto, provisioned, scratch):
