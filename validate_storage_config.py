@@ -356,11 +356,10 @@ def import_probe() -> None:
         import torch
 
         report["cuda"] = torch.cuda.is_available()
-        report["gpus"] = [
-            {"name": torch.cuda.get_device_name(i), "total_bytes": torch.cuda.mem_get_info(i)[1],
-             "free_bytes": torch.cuda.mem_get_info(i)[0]}
-            for i in range(torch.cuda.device_count())
-        ] if report["cuda"] else []
+        report["gpus"] = []
+        for i in range(torch.cuda.device_count() if report["cuda"] else 0):
+            free, total = torch.cuda.mem_get_info(i)
+            report["gpus"].append({"name": torch.cuda.get_device_name(i), "total_bytes": total, "free_bytes": free})
     print(json.dumps(report))
 
 
@@ -562,8 +561,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(description=__doc__.split("\n\n")[0],
-                     epilog="Exit status: 0 all passed, 1 any FAIL, 2 warnings only, 64 bad command line.")
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     parser.add_argument("--skip", action="append", default=[], metavar="CHECK[,CHECK]",
                         help=f"checks to leave out, of: {', '.join(CHECKS)}")

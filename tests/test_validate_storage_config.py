@@ -429,3 +429,11 @@ def test_script_warnings_only_exit_2_and_bad_skip_64(provisioned, scratch):
     assert proc.returncode == doc["exit_code"] == 2 and doc["skipped"] == ["imports", "leftovers"]
     bad = run_script(["--skip", "s3,bogus"], script_env(provisioned, scratch))
     assert bad.returncode == 64 and "bogus" in bad.stderr
+
+
+def test_validator_stays_torch_free_outside_the_imports_check(provisioned, bucket_env, scratch):
+    code = ("import sys, validate_storage_config as v; v.main(['--skip', 'imports', '--json']); "
+            "print(sorted(m for m in ('torch', 'f5_tts', 'transformers', 'runpod') if m in sys.modules))")
+    env = script_env({**provisioned, **bucket_env}, scratch)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
