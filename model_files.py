@@ -225,7 +225,10 @@ def _verify_safetensors(path: Path, size: int) -> str:
             header = json.loads(f.read(header_len))
         except ValueError as err:
             raise IncompleteFile(f"{path}: the safetensors header is not valid JSON ({err})") from err
-    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    try:
+        ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError) as err:
+        raise IncompleteFile(f"{path}: the safetensors header has no valid data_offsets ({err!r})") from err
     expected = 8 + header_len + max(ends, default=0)
     if expected != size:
         state = "truncated" if size < expected else "longer than its header says"

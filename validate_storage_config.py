@@ -53,6 +53,9 @@ from storage import JOB_DIR_PREFIX, LEGACY_CACHE_VARS, BucketSettings, CachePath
 ROOT = Path(__file__).resolve().parent
 PROBE_PREFIX = "_validate/"  # S3 scratch prefix for the probe object, deleted again at once
 GB = 1_000_000_000
+CONTAINER_ROOT = Path("/")  # the container disk: the volume must be another filesystem
+MOUNT_FIX = ("attach a network volume to the endpoint (RunPod mounts it at /runpod-volume), "
+             "or set RUNPOD_VOLUME_PATH to where it is mounted")
 # What the imports check imports, in the worker's own order; ``runpod_handler`` last, so a
 # failure there that is not one of the libraries points at the worker's code.
 IMPORTS = ("torch", "torchaudio", "soundfile", "boto3", "runpod", "f5_tts.model", "f5_tts.infer.utils_infer",
@@ -91,7 +94,6 @@ class Settings:
     min_scratch_free_bytes: int = 1 * GB
     stale_after_s: float = 30 * 60
     deep: bool = False
-    container_root: Path = Path("/")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, scratch: Path | None = None, **thresholds: Any) -> Settings:
@@ -166,7 +168,7 @@ def check_env(s: Settings) -> Result:
     cache_vars = {"HF_HOME": s.cache.hf_home, "HF_HUB_CACHE": s.cache.hub_cache, "TORCH_HOME": s.cache.torch_home}
     for var, path in cache_vars.items():
         where = ("volume" if _within(path, volume) else "scratch" if _within(path, s.scratch)
-                 else "container disk" if _same_fs(path, s.container_root) else "other filesystem")
+                 else "container disk" if _same_fs(path, CONTAINER_ROOT) else "other filesystem")
         details[var] = {"set": var in s.env, "path": str(path), "location": where}
         if var not in s.env:
             problems.append((Status.WARN, f"{var} is not set (the worker defaults it to {path})",
@@ -190,14 +192,13 @@ def check_env(s: Settings) -> Result:
 
 def check_volume(s: Settings) -> Result:
     volume = s.cache.volume
-    fix = ("attach a network volume to the endpoint (RunPod mounts it at /runpod-volume), "
-           "or set RUNPOD_VOLUME_PATH to where it is mounted")
+    fix = MOUNT_FIX
     if not volume.is_dir():
         state = "does not exist" if not volume.exists() else "is not a directory"
         return Result("volume", Status.FAIL, f"volume {volume} {state}", fix)
-    if _same_fs(volume, s.container_root):
+    if _same_fs(volume, CONTAINER_ROOT):
         return Result("volume", Status.FAIL,
-                      f"{volume} is on the same filesystem as {s.container_root}: no volume is mounted there, "
+                      f"{volume} is on the same filesystem as {CONTAINER_ROOT}: no volume is mounted there, "
                       "and caches would fill the container disk", fix)
     usage = shutil.disk_usage(volume)
     return _pass("volume", f"{volume} is its own filesystem ({_size(usage.total)}, {_size(usage.free)} free)",
@@ -219,13 +220,13 @@ def check_dirs(s: Settings) -> Result:
             continue
         ancestor = _nearest_existing(path)
         if label == "volume":  # created on the container disk it would hide exactly what is wrong
-            error = "the volume is not mounted"
+            error, fix = "the volume is not mounted", MOUNT_FIX
         else:
             error = probe_write(ancestor) if ancestor.is_dir() else f"{ancestor} is not a directory"
+            fix = f"fix {ancestor} or point {label} elsewhere"
         details[label] = {"path": str(path), "exists": False, "creatable": error is None}
         if error:
-            problems.append((Status.FAIL, f"{label} {path} does not exist and cannot be created ({error})",
-                             f"fix {ancestor} or point {label} elsewhere"))
+            problems.append((Status.FAIL, f"{label} {path} does not exist and cannot be created ({error})", fix))
         else:
             problems.append((Status.WARN, f"{label} {path} does not exist yet (it is created on first use)",
                              f"mkdir -p {path}"))
@@ -311,7 +312,7 @@ def check_model(s: Settings) -> Result:
                     f"{HubFile.parse(f.ref).filename} --cache-dir {s.cache.hub_cache}" if is_hub_ref(f.ref)
                     else f"copy the file to {f.ref}")
             problems.append((Status.FAIL, f"{f.ref} is not in the cache", hint))
-            details["files"][f.ref] = {"present": False}
+            details["files"][f.ref] = {"present": False, "error": f.error}
             continue
         size = f.path.stat().st_size
         total += size
@@ -330,7 +331,7 @@ def check_model(s: Settings) -> Result:
         except ModelConfigError as err:
             problems.append((Status.FAIL, str(err), "fix the model config file"))
     ok = (f"{sources.name}: {len(files)} files cached and complete ({_size(total)})"
-          + (", sha256 verified" if s.deep else "") + ": the cold start needs no network")
+          + (", content hashes verified" if s.deep else "") + ": the cold start needs no network")
     return _worst(problems, "model", ok, details)
 
 
@@ -397,6 +398,7 @@ def check_s3(s: Settings) -> Result:
         return Result("s3", Status.FAIL, "only one of BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY is set",
                       "set both, or neither to use the AWS credential chain")
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from botocore.exceptions import ConnectionError as EndpointUnreachable
 
     from s3_utils import list_s3_objects, make_client, read_text
 
@@ -405,18 +407,20 @@ def check_s3(s: Settings) -> Result:
     key = f"{PROBE_PREFIX}{uuid.uuid4().hex}.txt"
     payload = f"validate_storage_config probe {time.time()}"
     done: list[str] = []
-    step = "head_bucket"
+    step, written = "head_bucket", False
     try:
         client.head_bucket(Bucket=b.name)
         done.append("bucket exists")
         step = "put_object"
         client.put_object(Bucket=b.name, Key=key, Body=payload.encode())
+        written = True
         step = "get_object"
         if read_text(client, b.name, key) != payload:
             return Result("s3", Status.FAIL, f"{where}: the probe object read back differs from what was written",
                           "check the endpoint is a consistent S3 store", {"steps": done})
         step = "delete_object"
         client.delete_object(Bucket=b.name, Key=key)
+        written = False
         done.append(f"probe {key} written, read back, deleted")
         step = "list_objects_v2"
         voices = list_s3_objects(client, b.name, b.voices_prefix)
@@ -426,9 +430,18 @@ def check_s3(s: Settings) -> Result:
                       "and none in the AWS credential chain", "set BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY")
     except ClientError as err:
         return _s3_client_error(client, b, where, step, err, done)
-    except BotoCoreError as err:
+    except EndpointUnreachable as err:
         return Result("s3", Status.FAIL, f"endpoint {b.endpoint_url or 'AWS'} unreachable ({type(err).__name__})",
                       "check BUCKET_ENDPOINT_URL and that the pod can reach it", {"steps": done})
+    except BotoCoreError as err:
+        return Result("s3", Status.FAIL, f"{where}: {step} failed ({type(err).__name__}: {err})",
+                      "check BUCKET_ENDPOINT_URL, BUCKET_NAME and the endpoint's health", {"steps": done})
+    finally:
+        if written:  # a step after the write failed: do not leave the probe behind
+            try:
+                client.delete_object(Bucket=b.name, Key=key)
+            except (BotoCoreError, ClientError):
+                pass
     return _pass("s3", f"{where}: bucket exists, probe write/read/delete ok, {len(voices)} objects under "
                  f"{b.voices_prefix}", steps=done, voices=len(voices))
 

@@ -10,6 +10,7 @@ bits. A full disk is a free-space requirement above what the filesystem really h
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -248,6 +249,20 @@ def test_safetensors_with_trailing_bytes_or_broken_header(tmp_path):
     path.write_bytes((20).to_bytes(8, "little") + b"{not json at all!!!}")
     with pytest.raises(IncompleteFile, match="not valid JSON"):
         verify_complete(path)
+    path.write_bytes((9).to_bytes(8, "little") + b'{"w": {}}')
+    with pytest.raises(IncompleteFile, match="no valid data_offsets"):
+        verify_complete(path)
+
+
+def test_deep_check_of_a_git_blob(tmp_path):
+    """Small hub files are stored under their git blob sha1, not their sha256."""
+    data = b"model:\n  arch: {dim: 8}\n"
+    blob = tmp_path / hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    blob.write_bytes(data)
+    assert verify_complete(blob, deep=True).endswith("git sha1 matches the blob name")
+    blob.write_bytes(data.replace(b"8", b"9"))
+    with pytest.raises(IncompleteFile, match="content git sha1"):
+        verify_complete(blob, deep=True)
 
 
 # ---------------------------------------------------------------------------- imports
@@ -299,7 +314,7 @@ def iam_moto() -> Iterator[dict[str, dict[str, str]]]:
     let through unauthenticated (``INITIAL_NO_AUTH_ACTION_COUNT``); every later call is checked."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "6"},
+                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "9"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     try:
@@ -314,17 +329,25 @@ def iam_moto() -> Iterator[dict[str, dict[str, str]]]:
         admin = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "AKIAADMIN",
                  "aws_secret_access_key": "admin"}
         iam = boto3.client("iam", **admin)
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        def allow(*actions: str) -> str:
+            return json.dumps({"Version": "2012-10-17",
+                               "Statement": [{"Effect": "Allow", "Action": list(actions), "Resource": "*"}]})
+
         iam.create_user(UserName="worker")  # 1
-        iam.put_user_policy(UserName="worker", PolicyName="s3", PolicyDocument=json.dumps(policy))  # 2
+        iam.put_user_policy(UserName="worker", PolicyName="s3", PolicyDocument=allow("s3:*"))  # 2
         worker = iam.create_access_key(UserName="worker")["AccessKey"]  # 3
         iam.create_user(UserName="nobody")  # 4
         nobody = iam.create_access_key(UserName="nobody")["AccessKey"]  # 5
-        boto3.client("s3", **admin).create_bucket(Bucket="iam-bucket")  # 6
+        iam.create_user(UserName="no-read")  # 6
+        # moto checks HEAD bucket as "s3:HeadBucket" (AWS checks s3:ListBucket); everything but GetObject
+        iam.put_user_policy(UserName="no-read", PolicyName="s3", PolicyDocument=allow(
+            "s3:HeadBucket", "s3:ListBucket", "s3:PutObject", "s3:DeleteObject"))  # 7
+        no_read = iam.create_access_key(UserName="no-read")["AccessKey"]  # 8
+        boto3.client("s3", **admin).create_bucket(Bucket="iam-bucket")  # 9
         base = {"BUCKET_NAME": "iam-bucket", "BUCKET_ENDPOINT_URL": endpoint, "BUCKET_REGION": "us-east-1"}
         yield {name: {**base, "BUCKET_ACCESS_KEY_ID": key["AccessKeyId"],
                       "BUCKET_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
-               for name, key in (("worker", worker), ("nobody", nobody))}
+               for name, key in (("worker", worker), ("nobody", nobody), ("no-read", no_read))}
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -349,6 +372,16 @@ def test_s3_bad_credentials_fail(iam_moto, provisioned, scratch, override, code)
 def test_s3_key_without_permissions_is_access_denied(iam_moto, provisioned, scratch):
     result = v.check_s3(settings({**provisioned, **iam_moto["nobody"]}, scratch))
     assert result.status is v.Status.FAIL and "access denied at head_bucket (AccessDenied)" in result.reason
+
+
+def test_s3_probe_is_removed_when_reading_it_back_is_denied(iam_moto, provisioned, scratch):
+    result = v.check_s3(settings({**provisioned, **iam_moto["no-read"]}, scratch))
+    assert result.status is v.Status.FAIL and "access denied at get_object (AccessDenied)" in result.reason
+    worker = iam_moto["worker"]
+    s3 = boto3.client("s3", endpoint_url=worker["BUCKET_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id=worker["BUCKET_ACCESS_KEY_ID"],
+                      aws_secret_access_key=worker["BUCKET_SECRET_ACCESS_KEY"])
+    assert s3.list_objects_v2(Bucket="iam-bucket", Prefix=v.PROBE_PREFIX)["KeyCount"] == 0
 
 
 # ---------------------------------------------------------------------------- leftovers
