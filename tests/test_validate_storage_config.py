@@ -234,6 +234,21 @@ def test_corrupt_bytes_of_the_right_size_need_deep(provisioned, scratch):
     assert deep.status is v.Status.FAIL and "differs from the blob name" in deep.reason
 
 
+def test_custom_model_from_plain_paths_on_the_volume(provisioned, volume, scratch):
+    custom = volume / "custom"
+    custom.mkdir()
+    for name in ("model.safetensors", "config.yaml"):
+        shutil.copy(snapshot_file(provisioned, TINY_REPO, name), custom / name)
+    env = {**provisioned, "F5TTS_MODEL": "mine", "F5TTS_CKPT_FILE": str(custom / "model.safetensors"),
+           "F5TTS_MODEL_CONFIG": str(custom / "config.yaml")}
+    result = v.check_model(settings(env, scratch, deep=True))
+    assert result.status is v.Status.PASS, result
+    assert "not a hub blob" in result.details["files"][str(custom / "model.safetensors")]["checked"]
+    (custom / "model.safetensors").unlink()
+    missing = v.check_model(settings(env, scratch))
+    assert missing.status is v.Status.FAIL and missing.fix == f"copy the file to {custom / 'model.safetensors'}"
+
+
 def test_unknown_model_name_fails(provisioned, scratch):
     result = v.check_model(settings({**provisioned, "F5TTS_MODEL": "F5TTS_v9", "F5TTS_CKPT_FILE": "",
                                      "F5TTS_MODEL_CONFIG": ""}, scratch))
