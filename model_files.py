@@ -6,8 +6,11 @@ and the validator must answer in seconds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
@@ -25,6 +28,14 @@ BUILTIN_CHECKPOINTS = {
     "E2TTS_Base": "hf://SWivid/E2-TTS/E2TTS_Base/model_1200000.safetensors",
 }
 BACKBONES = ("DiT", "UNetT", "MMDiT")
+# Bytes of the published files, rounded up from the sizes the hub lists (checkpoints 1.35 GB for
+# F5TTS_v1_Base and F5TTS_Base, 1.33 GB for E2TTS_Base; Vocos 54.4 MB). Estimates, used only for
+# the free-space check of files not yet in the cache; once cached, the real sizes count.
+PUBLISHED_FILE_BYTES = {
+    **{ref: 1_400_000_000 for ref in BUILTIN_CHECKPOINTS.values()},
+    f"hf://{VOCODER_REPO}/pytorch_model.bin": 55_000_000,
+    f"hf://{VOCODER_REPO}/config.yaml": 1_000,
+}
 
 
 class ModelFilesMissing(RuntimeError):
@@ -175,6 +186,85 @@ def parse_model_config(text: str, source: str) -> tuple[str, dict[str, Any]]:
     if mel_type != "vocos":
         raise ModelConfigError(f"model config {source}: only the vocos vocoder is supported, not {mel_type!r}")
     return backbone, dict(model["arch"])
+
+
+class IncompleteFile(ValueError):
+    """A cached model file is truncated or corrupt; the message says how it was found out."""
+
+
+def verify_complete(path: Path, deep: bool = False) -> str:
+    """Check without the network that ``path`` is whole; return how it was checked.
+
+    safetensors: the JSON header parses and ``8 + header + last tensor end`` equals the file
+    size. torch zip checkpoints (``torch.save``'s format): the zip central directory, stored at the
+    very end, reads. ``deep`` also re-reads every byte: zip member CRCs, and, for a hub blob (the
+    file a snapshot links to), the blob's name, which is its sha256 (LFS files) or git sha1.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        raise IncompleteFile(f"{path} is empty")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if path.suffix == ".safetensors":
+        how = _verify_safetensors(path, size)
+    elif magic == b"PK\x03\x04":
+        how = _verify_zip(path, deep)
+    else:
+        how = "non-empty (no internal size to compare)"
+    if deep:
+        how += "; " + _verify_blob_hash(path)
+    return how
+
+
+def _verify_safetensors(path: Path, size: int) -> str:
+    with path.open("rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        if 8 + header_len > size:
+            raise IncompleteFile(f"{path} is truncated: {size} bytes, shorter than its {header_len}-byte header")
+        try:
+            header = json.loads(f.read(header_len))
+        except ValueError as err:
+            raise IncompleteFile(f"{path}: the safetensors header is not valid JSON ({err})") from err
+    try:
+        ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError) as err:
+        raise IncompleteFile(f"{path}: the safetensors header has no valid data_offsets ({err!r})") from err
+    expected = 8 + header_len + max(ends, default=0)
+    if expected != size:
+        state = "truncated" if size < expected else "longer than its header says"
+        raise IncompleteFile(f"{path} is {state}: {size} bytes, the header says {expected}")
+    return f"safetensors header matches the size ({len(ends)} tensors)"
+
+
+def _verify_zip(path: Path, deep: bool) -> str:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            bad = archive.testzip() if deep else None
+    except (zipfile.BadZipFile, OSError) as err:
+        raise IncompleteFile(f"{path} is truncated or corrupt: {err}") from err
+    if bad is not None:
+        raise IncompleteFile(f"{path}: member {bad} fails its CRC check")
+    return f"zip directory reads ({len(members)} members{', CRCs ok' if deep else ''})"
+
+
+def _verify_blob_hash(path: Path) -> str:
+    blob = path.resolve()
+    name = blob.name
+    if re.fullmatch(r"[0-9a-f]{64}", name):
+        digest, kind = hashlib.sha256(), "sha256"
+    elif re.fullmatch(r"[0-9a-f]{40}", name):
+        digest, kind = hashlib.sha1(f"blob {blob.stat().st_size}\0".encode()), "git sha1"
+    else:
+        return "no content hash to compare (not a hub blob)"
+    with blob.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != name:
+        raise IncompleteFile(
+            f"{path}: content {kind} {digest.hexdigest()[:12]}... differs from the blob name {name[:12]}..."
+        )
+    return f"{kind} matches the blob name"
 
 
 def _first_line(err: BaseException) -> str:

@@ -24,12 +24,12 @@ MAX_ATTEMPTS = int(os.environ.get("S3_MAX_ATTEMPTS", "4"))
 PRESIGN_EXPIRES_S = int(os.environ.get("S3_PRESIGN_EXPIRES_S", "86400"))
 
 
-def make_client(settings: BucketSettings) -> BaseClient:
+def make_client(settings: BucketSettings, max_attempts: int = MAX_ATTEMPTS) -> BaseClient:
     """A boto3 S3 client for ``settings`` with bounded retries (standard mode) and timeouts."""
     config = Config(
         connect_timeout=CONNECT_TIMEOUT_S,
         read_timeout=READ_TIMEOUT_S,
-        retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+        retries={"max_attempts": max_attempts, "mode": "standard"},
         signature_version="s3v4",
         # Custom endpoints (R2, MinIO, RunPod's S3 API, moto) expect path-style addressing.
         s3={"addressing_style": "path" if settings.endpoint_url else "auto"},

@@ -20,6 +20,9 @@ from pathlib import Path
 
 DEFAULT_VOLUME = "/runpod-volume"
 JOB_DIR_PREFIX = "f5tts-job-"
+# Older cache variables. The worker ignores them (it sets HF_HUB_CACHE, which wins), so one that
+# points elsewhere means models land where the operator did not intend.
+LEGACY_CACHE_VARS = ("TRANSFORMERS_CACHE", "HUGGINGFACE_HUB_CACHE", "PYTORCH_TRANSFORMERS_CACHE")
 
 
 @dataclass(frozen=True)
