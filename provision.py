@@ -169,6 +169,8 @@ def _remove_leftovers(plan: Sequence[_Download]) -> None:
 
 def _check_space(plan: Sequence[_Download], cache_dir: Path, free_bytes: Callable[[Path], int]) -> None:
     pending = [item for item in plan if not item.blob.exists()]
+    if not pending:
+        return
     for item in pending:
         if item.size is None:
             log.warning("%s: the hub sent no size; the free-space check cannot count it", item.hub)

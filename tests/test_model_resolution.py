@@ -21,7 +21,8 @@ def test_default_locations_and_order():
     assert paths.hub_cache == Path("/runpod-volume/models/hub")
     assert paths.fallback_caches == (Path("/runpod-volume/huggingface-cache/hub"), Path("/opt/f5tts/hub"))
     moved = CachePaths.from_env({"RUNPOD_VOLUME_PATH": "/vol", "F5TTS_IMAGE_CACHE": "/img"})
-    assert (moved.hub_cache, moved.fallback_caches) == (Path("/vol/models/hub"), (Path("/vol/huggingface-cache/hub"), Path("/img")))
+    assert moved.hub_cache == Path("/vol/models/hub")
+    assert moved.fallback_caches == (Path("/vol/huggingface-cache/hub"), Path("/img"))
 
 
 def test_a_volume_cache_that_is_runpods_cache_is_searched_once():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +32,8 @@ def process_env(hub: FakeHub, volume: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (*TINY_ENV, *BUCKET_ENV_KEYS)}
     env.update(tiny_model_env(), **hub.env(), RUNPOD_VOLUME_PATH=str(volume), HF_HOME=str(paths.hf_home),
                HF_HUB_CACHE=str(paths.hub_cache), TORCH_HOME=str(paths.torch_home),
-               F5TTS_IMAGE_CACHE=str(volume.parent / "image-hub"), **extra)
+               F5TTS_IMAGE_CACHE=str(volume.parent / "image-hub"))
+    env.update(extra)
     return env
 
 
@@ -104,6 +106,24 @@ def test_worker_first_start_downloads_into_the_volume_and_second_start_is_offlin
           f"second start (warm volume, 0 requests) {second_ready:.1f}s")
 
 
+def test_worker_starts_offline_from_runpods_cache_and_the_image(fake_hub, start_worker, tmp_path):
+    """Nothing on the volume, downloads off: the checkpoint comes from RunPod's cached-models mount
+    (which holds only the F5-TTS repo, no refs/main) and the vocoder from the image's cache."""
+    volume = tmp_path / "runpod-volume"
+    runpod_cache = CachePaths.from_env({"RUNPOD_VOLUME_PATH": str(volume)}).runpod_cache
+    tiny_repo = HubFile.parse(TINY_ENV["F5TTS_CKPT_FILE"]).repo_folder
+    shutil.copytree(Path(TINY_ENV["HF_HUB_CACHE"]) / tiny_repo, runpod_cache / tiny_repo, symlinks=True)
+    shutil.rmtree(runpod_cache / tiny_repo / "refs")
+    env = process_env(fake_hub, volume, HF_HUB_OFFLINE="1", F5TTS_IMAGE_CACHE=TINY_ENV["HF_HUB_CACHE"])
+
+    worker = start_worker(env)
+    assert worker.post("/runsync", {"input": JOB})["status"] == "COMPLETED"
+    log = worker.log()
+    assert f"model :  {runpod_cache / tiny_repo}" in log
+    assert f"Load vocos from local path {TINY_ENV['HF_HUB_CACHE']}/models--charactr--vocos-mel-24khz" in log
+    assert fake_hub.requests == [] and not (volume / "models" / "hub").exists()
+
+
 def test_concurrent_fetches_on_one_empty_cache_make_one_valid_copy(fake_hub, tmp_path):
     """N workers start at once against one empty volume: one downloads, the others wait on the lease
     and then find the files; nothing is downloaded twice and no file is torn."""
@@ -121,8 +141,12 @@ def test_concurrent_fetches_on_one_empty_cache_make_one_valid_copy(fake_hub, tmp
     for request in fake_hub.gets():
         gets[f"{request.filename}@{request.repo_id}"] += 1
     waited = sum("waiting for another worker" in err for _, err in outputs)
+    checkpoint = HubFile.parse(TINY_ENV["F5TTS_CKPT_FILE"])
+    copies = list(cache.glob(f"{checkpoint.repo_folder}/blobs/*"))
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in copies if p.stat().st_size > 100_000}
     print(f"\nconcurrency: {n} processes, {len(downloaders)} downloaded, {waited} waited on the lease; "
-          f"GETs per file: {json.dumps(gets)}")
+          f"GETs per file: {json.dumps(gets)}; checkpoint sha256 on disk {digests} == served "
+          f"{hashlib.sha256(served(fake_hub, TINY_ENV['F5TTS_CKPT_FILE'])).hexdigest()[:16]}")
     assert len(downloaders) == 1 and downloaders[0].count("downloaded ") == len(REFS)
     assert set(gets.values()) == {1}
     assert_one_valid_copy(fake_hub, cache)
