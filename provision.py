@@ -17,11 +17,13 @@ What ``huggingface_hub`` 1.33 already guarantees, and what this module adds to i
 * No resume across processes: a killed download leaves its temp file behind, never reused and still
   taking space, and the next attempt starts again from byte 0. We delete the leftovers of the files
   about to be downloaded (under the lease, before measuring free space).
-* Its lock is a per-file ``flock``, which some network filesystems grant to every caller, and which
-  does not keep N workers from downloading N copies into N temp files (N times the space). We hold
-  one lease on the cache for the whole fetch: ``filelock.SoftFileLease``, an ``O_EXCL`` marker file
-  (works on any filesystem with exclusive create) refreshed by a heartbeat thread. A holder that died
-  on this host is taken over at once; one on another host, or a hung one, once its marker has gone
+* Its lock is a per-file ``flock``. Some network filesystems grant an ``flock`` to every caller
+  (huggingface_hub's own comment names Lustre, GPFS and some NFS mounts); then N workers download N
+  copies into N temp files, N times the space. We hold one lease on the cache for the whole fetch,
+  so the free-space check and the downloads of all files happen under it, and workers that waited
+  find the files without a single request: ``filelock.SoftFileLease``, an ``O_EXCL`` marker file
+  (any filesystem with exclusive create) refreshed by a heartbeat thread. A holder that died on this
+  host is taken over at once; one on another host, or a hung one, once its marker has gone
   ``LEASE_S`` seconds without a heartbeat.
 * Its free-space check only warns. We add up the sizes of the files still to download (from the hub's
   metadata) and stop before the first byte when they do not fit, naming needed and available bytes.
