@@ -11,7 +11,7 @@ import json
 import os
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -63,40 +63,60 @@ class HubFile:
     def __str__(self) -> str:
         return f"hf://{self.repo_id}/{self.filename}"
 
+    @property
+    def repo_folder(self) -> str:
+        """The repo's directory in a Hugging Face cache: ``models--owner--repo``."""
+        return f"models--{self.repo_id.replace('/', '--')}"
+
 
 def is_hub_ref(ref: str) -> bool:
     return ref.startswith("hf://")
 
 
-def resolve_file(ref: str, cache_dir: Path, allow_download: bool) -> Path:
+def find_cached(hub: HubFile, caches: Sequence[Path]) -> Path | None:
+    """The first copy of ``hub`` in ``caches`` (Hugging Face cache layout), without any network call.
+
+    Per cache: the snapshot ``refs/main`` names, else the newest snapshot holding the file (RunPod's
+    cached-models mount has snapshots; nothing promises it a ``refs/main``).
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    for cache in caches:
+        found = try_to_load_from_cache(hub.repo_id, hub.filename, cache_dir=cache)
+        if isinstance(found, str):
+            return Path(found)
+        snapshots = cache / hub.repo_folder / "snapshots"
+        candidates = [d / hub.filename for d in snapshots.iterdir()] if snapshots.is_dir() else []
+        if found_files := [p for p in candidates if p.is_file()]:
+            return max(found_files, key=lambda p: p.parent.stat().st_mtime)
+    return None
+
+
+def resolve_file(ref: str, cache_dir: Path, allow_download: bool, fallbacks: Sequence[Path] = ()) -> Path:
     """A local path for ``ref`` (a path or ``hf://owner/repo/file``).
 
-    The cache is consulted with ``local_files_only=True`` first, so a warm cache costs no
-    network call; only a miss, when ``allow_download``, goes to the hub.
+    Looked up in ``cache_dir`` and then ``fallbacks`` without any network call; only when all miss,
+    and ``allow_download``, is it fetched into ``cache_dir`` through ``provision.fetch`` (locked,
+    space-checked, verified).
     """
     if not is_hub_ref(ref):
         path = Path(ref).expanduser()
         if not path.is_file():
             raise ModelFilesMissing(f"model file {path} does not exist")
         return path
-    from huggingface_hub import hf_hub_download
-
     hub = HubFile.parse(ref)
-    try:
-        return Path(hf_hub_download(hub.repo_id, hub.filename, cache_dir=cache_dir, local_files_only=True))
-    except Exception as cached_err:  # noqa: BLE001 - any miss means "not cached"
-        if not allow_download:
-            raise ModelFilesMissing(
-                f"{hub} is not in the Hugging Face cache at {cache_dir} and downloads are off "
-                f"(HF_HUB_OFFLINE): provision the volume first"
-            ) from cached_err
-    try:
-        return Path(hf_hub_download(hub.repo_id, hub.filename, cache_dir=cache_dir))
-    except Exception as err:  # noqa: BLE001 - network, auth, 404: all mean the same to the operator
+    caches = (cache_dir, *fallbacks)
+    found = find_cached(hub, caches)
+    if found is not None:
+        return found
+    if not allow_download:
         raise ModelFilesMissing(
-            f"{hub} is not in the Hugging Face cache at {cache_dir} and could not be downloaded "
-            f"({type(err).__name__}: {_first_line(err)})"
-        ) from err
+            f"{hub} is in none of the model caches ({', '.join(map(str, caches))}) and downloads are off "
+            f"(HF_HUB_OFFLINE): provision the volume first"
+        )
+    from provision import fetch  # the one download path; provision imports this module
+
+    return fetch([ref], cache_dir)[0].path
 
 
 @dataclass(frozen=True)
@@ -144,11 +164,23 @@ class ResolvedModel:
     vocoder_dir: Path
 
 
-def resolve_model(sources: ModelSources, cache_dir: Path, allow_download: bool) -> ResolvedModel:
-    """Find (or, when allowed, fetch) every file of ``sources``; parse the architecture."""
+def resolve_model(
+    sources: ModelSources, cache_dir: Path, allow_download: bool, fallbacks: Sequence[Path] = ()
+) -> ResolvedModel:
+    """Find every file of ``sources`` in ``cache_dir`` then ``fallbacks``; parse the architecture.
+
+    When allowed, the files found nowhere are fetched into ``cache_dir`` in one ``provision.fetch``,
+    so the free-space check covers all of them before the first byte is downloaded.
+    """
+    caches = (cache_dir, *fallbacks)
+    missing = [r for r in sources.file_refs() if is_hub_ref(r) and find_cached(HubFile.parse(r), caches) is None]
+    if missing and allow_download:
+        from provision import fetch
+
+        fetch(missing, cache_dir)
 
     def local(ref: str) -> Path:
-        return resolve_file(ref, cache_dir, allow_download)
+        return resolve_file(ref, cache_dir, allow_download=False, fallbacks=fallbacks)
 
     if sources.config is None:
         source = f"f5_tts/configs/{sources.name}.yaml"
@@ -266,6 +298,3 @@ def _verify_blob_hash(path: Path) -> str:
         )
     return f"{kind} matches the blob name"
 
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [""])[0][:300]

@@ -59,7 +59,7 @@ class Worker:
         bucket = BucketSettings.from_env()
         s3 = s3_utils.make_client(bucket) if bucket.configured else None
         allow_download = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on")
-        model = TTSModel.load(ModelSources.from_env(), CACHE.hub_cache, allow_download)
+        model = TTSModel.load(ModelSources.from_env(), CACHE.hub_cache, allow_download, fallbacks=CACHE.fallback_caches)
         log.info("worker ready: bucket=%s", bucket.name or "(none: results inline)")
         return cls(model=model, voices=VoiceLibrary(s3, bucket), bucket=bucket, s3=s3)
 

@@ -8,6 +8,12 @@ disagree about where models, scratch files and voices live:
 | network volume    | ``/runpod-volume/models``       | model weights, Hugging Face/torch caches |
 | container scratch | ``$TMPDIR`` (``/tmp``)          | per-job files, removed after every job   |
 | S3 bucket         | ``s3://$BUCKET_NAME/...``       | reference voices + transcripts, outputs  |
+
+Model files are looked up, in this order, in: the volume's Hugging Face cache (``$HF_HUB_CACHE``),
+RunPod's cached-models mount (``<volume>/huggingface-cache/hub``, present only when the endpoint
+selects a cached model), and weights baked into the image (``$F5TTS_IMAGE_CACHE``, outside
+``/runpod-volume`` because the volume mount would hide anything the image put there). Only when all
+three miss is a file downloaded, once, into the volume cache (see ``provision.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_VOLUME = "/runpod-volume"
+DEFAULT_IMAGE_CACHE = "/opt/f5tts/hub"
+RUNPOD_CACHED_MODELS = "huggingface-cache/hub"  # RunPod's cached-models mount, relative to the volume
 JOB_DIR_PREFIX = "f5tts-job-"
 # Older cache variables. The worker ignores them (it sets HF_HUB_CACHE, which wins), so one that
 # points elsewhere means models land where the operator did not intend.
@@ -33,6 +41,8 @@ class CachePaths:
     hf_home: Path
     hub_cache: Path
     torch_home: Path
+    runpod_cache: Path  # read-only to us: RunPod fills it when the endpoint selects a cached model
+    image_cache: Path  # read-only at run time: filled by ``docker build --build-arg BAKE_MODEL=...``
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> CachePaths:
@@ -43,7 +53,14 @@ class CachePaths:
             hf_home=hf_home,
             hub_cache=Path(env.get("HF_HUB_CACHE", str(hf_home / "hub"))),
             torch_home=Path(env.get("TORCH_HOME", str(hf_home / "torch"))),
+            runpod_cache=volume / RUNPOD_CACHED_MODELS,
+            image_cache=Path(env.get("F5TTS_IMAGE_CACHE", DEFAULT_IMAGE_CACHE)),
         )
+
+    @property
+    def fallback_caches(self) -> tuple[Path, ...]:
+        """The read-only caches consulted after ``hub_cache``, in order, without repeats."""
+        return tuple(p for p in dict.fromkeys((self.runpod_cache, self.image_cache)) if p != self.hub_cache)
 
 
 def apply_cache_env(env: MutableMapping[str, str] = os.environ) -> CachePaths:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,13 +56,16 @@ class TTSModel:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, sources: ModelSources, cache_dir: Path, allow_download: bool, device: str | None = None) -> TTSModel:
+    def load(
+        cls, sources: ModelSources, cache_dir: Path, allow_download: bool, device: str | None = None,
+        fallbacks: Sequence[Path] = (),
+    ) -> TTSModel:
         from f5_tts import model as f5_models
         from f5_tts.infer.utils_infer import load_model, load_vocoder
 
         device = device or pick_device()
         started = time.perf_counter()
-        resolved = resolve_model(sources, cache_dir, allow_download)
+        resolved = resolve_model(sources, cache_dir, allow_download, fallbacks)
         vocoder = load_vocoder("vocos", is_local=True, local_path=str(resolved.vocoder_dir), device=device)
         model = load_model(
             getattr(f5_models, resolved.backbone),

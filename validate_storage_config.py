@@ -245,7 +245,7 @@ def _model_files(s: Settings, sources: ModelSources) -> list[_ModelFile]:
     found = []
     for ref in sources.file_refs():
         try:
-            found.append(_ModelFile(ref, resolve_file(ref, s.cache.hub_cache, allow_download=False)))
+            found.append(_ModelFile(ref, resolve_file(ref, s.cache.hub_cache, False, s.cache.fallback_caches)))
         except ModelFilesMissing as err:
             found.append(_ModelFile(ref, None, str(err)))
     return found

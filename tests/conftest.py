@@ -21,6 +21,7 @@ import pytest
 import requests
 import soundfile as sf
 
+from tests.fake_hub import fake_hub  # noqa: F401 - fixture: a Hugging Face hub on 127.0.0.1
 from tests.tiny_models import build_tiny_cache, tiny_model_env
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,19 @@
+"""The environment variables the worker's code reads, found in its source (top-level ``*.py``)."""
+
+from __future__ import annotations
+
+import re
+
+from tests.conftest import ROOT
+
+# os.environ.get("X"), env.get("X"), getenv("X"), env.setdefault("X", ...), os.environ["X"]: every way
+# the code reads a variable, including the local ``get("X")`` helper in storage.BucketSettings.
+READ = re.compile(r"""(?:\bget|\bgetenv|\bsetdefault)\(\s*["']([A-Z][A-Z0-9_]*)["']|environ\[\s*["']([A-Z][A-Z0-9_]*)["']\]""")
+
+
+def env_vars_read_by_code() -> set[str]:
+    names = set()
+    for path in ROOT.glob("*.py"):
+        for match in READ.finditer(path.read_text()):
+            names.add(match[1] or match[2])
+    return names
