@@ -115,11 +115,15 @@ class SpeechRecognizer:
     """Whisper through ``transformers``' ASR pipeline, loaded on first use. Calls are serialised:
     one model instance serves every job of the worker."""
 
-    def __init__(self, settings: AsrSettings, cache_dir: Path, allow_download: bool, device: str | None = None):
+    def __init__(self, settings: AsrSettings, cache_dir: Path, allow_download: bool, device: str | None = None,
+                 dtype: Any = None):
+        """``device``: None picks CUDA when available; ``dtype`` (a torch dtype): None is float16
+        on CUDA, float32 on CPU."""
         self.settings = settings
         self.cache_dir = cache_dir
         self.allow_download = allow_download
         self.device = device
+        self.dtype = dtype
         self._pipe: Any = None
         self._lock = threading.Lock()
 
@@ -143,7 +147,7 @@ class SpeechRecognizer:
         if len({p.parent for p in paths}) != 1:
             raise ModelFilesMissing(f"the files of {self.settings.repo_id} are not in one snapshot: {paths}")
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        dtype = self.dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
         pipe = pipeline("automatic-speech-recognition", model=str(paths[0].parent), dtype=dtype, device=device)
         log.info("loaded ASR model %s on %s (%s) in %.2fs", self.settings.repo_id, device, dtype,
                  time.perf_counter() - started)

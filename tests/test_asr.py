@@ -59,6 +59,22 @@ def test_loads_on_first_use_only_and_word_timings_hold_their_invariants():
         previous_end = w.end
 
 
+def test_half_precision_runs_the_same_pipeline():
+    """float16 is what a GPU worker runs; the pipeline casts the features and the word-timestamp
+    alignment runs on half-precision attentions. CPU float16 exercises the same code."""
+    import torch
+
+    half = SpeechRecognizer(AsrSettings(True, TINY_WHISPER_REPO, None), HUB, allow_download=False, device="cpu",
+                            dtype=torch.float16)
+    wave, sr = decode(reference_wav_bytes())
+    words = half.words(wave, sr, Timings())
+    assert half._pipe.model.dtype == torch.float16
+    assert len(words) >= 1 and all(0 <= w.start <= w.end <= len(wave) / sr for w in words)
+    default = recognizer()
+    default.words(wave[:sr], sr, Timings())
+    assert default._pipe.model.dtype == torch.float32
+
+
 def test_long_form_audio_over_30_seconds():
     wave = np.random.default_rng(0).standard_normal(24_000 * 41).astype(np.float32) * 0.1
     words = recognizer().words(wave, 24_000, Timings())
