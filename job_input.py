@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from audio import OUTPUT_FORMATS
+from subtitles import SUBTITLE_FORMATS
 from tts_model import SynthesisParams
 from voices import DEFAULT_VOICE
 
@@ -26,7 +27,8 @@ NUMERIC_FIELDS: dict[str, tuple[type, float, float]] = {
     "cross_fade_duration": (float, 0.0, 2.0),
     "seed": (int, 0, SEED_MAX),
 }
-KNOWN_FIELDS = {"text", "voice", "ref_text", "output_format", "remove_silence", "return_base64", *NUMERIC_FIELDS}
+KNOWN_FIELDS = {"text", "voice", "ref_text", "output_format", "remove_silence", "return_base64",
+                "return_word_timings", "subtitles", *NUMERIC_FIELDS}
 
 
 class InputError(ValueError):
@@ -46,6 +48,12 @@ class SynthesisRequest:
     params: SynthesisParams
     remove_silence: bool
     return_base64: bool
+    return_word_timings: bool
+    subtitles: str | None  # a key of SUBTITLE_FORMATS
+
+    @property
+    def needs_recognition(self) -> bool:
+        return self.return_word_timings or self.subtitles is not None
 
 
 def parse_request(raw: Any) -> SynthesisRequest:
@@ -62,6 +70,9 @@ def parse_request(raw: Any) -> SynthesisRequest:
     output_format = _text(raw, "output_format", 8, required=False) or "wav"
     if output_format not in OUTPUT_FORMATS:
         raise InputError("output_format", f"must be one of {', '.join(OUTPUT_FORMATS)}")
+    subtitles = _text(raw, "subtitles", 8, required=False)
+    if subtitles is not None and subtitles not in SUBTITLE_FORMATS:
+        raise InputError("subtitles", f"must be one of {', '.join(SUBTITLE_FORMATS)}")
     return SynthesisRequest(
         text=_text(raw, "text", MAX_TEXT_CHARS, required=True),
         voice=voice,
@@ -70,6 +81,8 @@ def parse_request(raw: Any) -> SynthesisRequest:
         params=SynthesisParams(**numbers),
         remove_silence=_flag(raw, "remove_silence"),
         return_base64=_flag(raw, "return_base64"),
+        return_word_timings=_flag(raw, "return_word_timings"),
+        subtitles=subtitles,
     )
 
 

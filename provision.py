@@ -44,6 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from asr import worker_file_refs
 from model_files import HubFile, ModelConfigError, ModelFilesMissing, ModelSources, find_cached, is_hub_ref
 from storage import apply_cache_env
 
@@ -243,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = args.cache or paths.hub_cache
     started = time.perf_counter()
     try:
-        results = fetch(ModelSources.from_env().file_refs(), cache, lock_timeout_s=args.lock_timeout)
+        results = fetch(worker_file_refs(ModelSources.from_env()), cache, lock_timeout_s=args.lock_timeout)
     except (ModelFilesMissing, ModelConfigError) as err:
         print(f"provision: {err}", file=sys.stderr)
         return 1

@@ -22,15 +22,18 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import numpy as np  # noqa: E402
 from botocore.client import BaseClient  # noqa: E402
 from botocore.exceptions import BotoCoreError, ClientError  # noqa: E402
 
 import audio  # noqa: E402
 import s3_utils  # noqa: E402
+import subtitles  # noqa: E402
+from asr import AsrSettings, SpeechRecognizer  # noqa: E402
 from job_input import InputError, SynthesisRequest, parse_request  # noqa: E402
 from model_files import ModelConfigError, ModelFilesMissing, ModelSources  # noqa: E402
 from storage import BucketSettings, make_job_dir  # noqa: E402
@@ -53,6 +56,7 @@ class Worker:
     voices: VoiceLibrary
     bucket: BucketSettings
     s3: BaseClient | None
+    asr: SpeechRecognizer | None = None  # None: ASR_ENABLED is off; loads Whisper on first use otherwise
 
     @classmethod
     def from_env(cls) -> Worker:
@@ -60,8 +64,12 @@ class Worker:
         s3 = s3_utils.make_client(bucket) if bucket.configured else None
         allow_download = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on")
         model = TTSModel.load(ModelSources.from_env(), CACHE.hub_cache, allow_download, fallbacks=CACHE.fallback_caches)
-        log.info("worker ready: bucket=%s", bucket.name or "(none: results inline)")
-        return cls(model=model, voices=VoiceLibrary(s3, bucket), bucket=bucket, s3=s3)
+        asr_settings = AsrSettings.from_env()
+        asr = (SpeechRecognizer(asr_settings, CACHE.hub_cache, allow_download, fallbacks=CACHE.fallback_caches)
+               if asr_settings.enabled else None)
+        log.info("worker ready: bucket=%s asr=%s", bucket.name or "(none: results inline)",
+                 f"{asr_settings.repo_id} (loaded on first use)" if asr else "off")
+        return cls(model=model, voices=VoiceLibrary(s3, bucket, recognizer=asr), bucket=bucket, s3=s3, asr=asr)
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """One job, start to finish; never raises, errors come back as ``{"error": str}``."""
@@ -87,6 +95,9 @@ class Worker:
             shutil.rmtree(job_dir, ignore_errors=True)
 
     def _synthesize(self, job_id: str, request: SynthesisRequest, job_dir: Path, timings: Timings) -> dict[str, Any]:
+        if request.needs_recognition and self.asr is None:
+            field = "return_word_timings" if request.return_word_timings else "subtitles"
+            raise InputError(field, "needs speech recognition, which is off on this endpoint (ASR_ENABLED)")
         reference, cached = self.voices.get(request.voice, request.ref_text, job_dir, timings)
         with timings.measure("synthesize"):
             wave = self.model.synthesize(reference.audio, reference.text, request.text, request.params)
@@ -103,6 +114,8 @@ class Worker:
             "voice": request.voice,
             "voice_cached": cached,
         }
+        if request.needs_recognition:
+            result.update(self._word_timings(job_id, request, wave, timings))
         result.update(self._deliver(job_id, request, out_path, timings))
         result["timings_ms"] = timings.report()
         return result
@@ -123,6 +136,23 @@ class Worker:
             s3_utils.upload_file(self.s3, self.bucket.name, key, path, content_type)
             url = s3_utils.presigned_url(self.s3, self.bucket.name, key)
         return {"audio_key": key, "audio_url": url, "bucket": self.bucket.name}
+
+    def _word_timings(self, job_id: str, request: SynthesisRequest, wave: np.ndarray, timings: Timings) -> dict[str, Any]:
+        """``words`` and/or the subtitle file, from Whisper's recognition of the generated audio
+        (``word_timings`` includes ``load_asr`` on the job that loads the model)."""
+        with timings.measure("word_timings"):
+            words = self.asr.words(wave, SAMPLE_RATE, timings)
+        result: dict[str, Any] = {"words": [asdict(w) for w in words]} if request.return_word_timings else {}
+        if request.subtitles is None:
+            return result
+        text = subtitles.render(words, request.subtitles)
+        if self.s3 is None or request.return_base64:
+            return {**result, "subtitles": text}
+        key = f"{self.bucket.outputs_prefix}{safe_job_id(job_id)}.{request.subtitles}"
+        with timings.measure("upload"):
+            s3_utils.put_text(self.s3, self.bucket.name, key, text, subtitles.SUBTITLE_FORMATS[request.subtitles])
+            url = s3_utils.presigned_url(self.s3, self.bucket.name, key)
+        return {**result, "subtitles_key": key, "subtitles_url": url}
 
 
 def safe_job_id(job_id: str) -> str:

@@ -79,6 +79,11 @@ def read_text(client: BaseClient, bucket: str, key: str) -> str:
         body.close()
 
 
+def put_text(client: BaseClient, bucket: str, key: str, text: str, content_type: str = "text/plain; charset=utf-8") -> str:
+    """Store ``text`` (UTF-8) at ``key``; the new object's ETag."""
+    return client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)["ETag"]
+
+
 def upload_file(client: BaseClient, bucket: str, key: str, path: Path, content_type: str) -> None:
     client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type})
 

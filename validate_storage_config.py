@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asr import worker_file_refs
 from model_files import (
     PUBLISHED_FILE_BYTES, HubFile, IncompleteFile, ModelConfigError, ModelFilesMissing, ModelSources,
     is_hub_ref, parse_model_config, resolve_file, verify_complete,
@@ -243,7 +244,7 @@ class _ModelFile:
 
 def _model_files(s: Settings, sources: ModelSources) -> list[_ModelFile]:
     found = []
-    for ref in sources.file_refs():
+    for ref in worker_file_refs(sources, s.env):
         try:
             found.append(_ModelFile(ref, resolve_file(ref, s.cache.hub_cache, False, s.cache.fallback_caches)))
         except ModelFilesMissing as err:
@@ -296,9 +297,9 @@ def check_tmp(s: Settings) -> Result:
 def check_model(s: Settings) -> Result:
     try:
         sources = ModelSources.from_env(s.env)
+        files = _model_files(s, sources)
     except ModelConfigError as err:
-        return Result("model", Status.FAIL, str(err), "fix F5TTS_MODEL / F5TTS_CKPT_FILE / F5TTS_MODEL_CONFIG")
-    files = _model_files(s, sources)
+        return Result("model", Status.FAIL, str(err), "fix F5TTS_MODEL / F5TTS_CKPT_FILE / F5TTS_MODEL_CONFIG / ASR_MODEL")
     details: dict[str, Any] = {"model": sources.name, "files": {}}
     if sources.config is None:
         details["files"]["config"] = "packaged with f5-tts"

@@ -21,6 +21,7 @@ from botocore.client import BaseClient
 
 import audio
 import s3_utils
+from asr import SpeechRecognizer
 from storage import BucketSettings
 from timings import Timings
 from tts_model import SAMPLE_RATE
@@ -59,6 +60,11 @@ def normalise_ref_text(text: str) -> str:
 def prepare_reference(path: Path, text: str) -> Reference:
     """Mono 24 kHz, clipped to 12 s, silence trimmed at the edges, 50 ms tail: upstream's
     ``preprocess_ref_audio_text`` without its temp files and without ffmpeg."""
+    return Reference(audio=prepare_audio(path), text=normalise_ref_text(text))
+
+
+def prepare_audio(path: Path) -> torch.Tensor:
+    """The reference clip as the model hears it, ``(1, n)`` float32 at ``SAMPLE_RATE``."""
     try:
         wave, sr = audio.read_mono(path)
     except audio.AudioError as err:
@@ -68,16 +74,18 @@ def prepare_reference(path: Path, text: str) -> Reference:
     if len(wave) < REF_MIN_S * SAMPLE_RATE:
         raise VoiceError(f"reference audio has less than {REF_MIN_S} s of sound")
     wave = np.concatenate([wave, np.zeros(int(REF_TAIL_S * SAMPLE_RATE), dtype=np.float32)])
-    return Reference(audio=torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None], text=normalise_ref_text(text))
+    return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
 
 
 class VoiceLibrary:
     """Resolves voice names to prepared references, with a bounded LRU cache."""
 
-    def __init__(self, client: BaseClient | None, bucket: BucketSettings, cache_size: int = 16):
+    def __init__(self, client: BaseClient | None, bucket: BucketSettings, cache_size: int = 16,
+                 recognizer: SpeechRecognizer | None = None):
         self.client = client
         self.bucket = bucket
         self.cache_size = cache_size
+        self.recognizer = recognizer  # transcribes voices uploaded without a transcript; None: they are refused
         self._cache: OrderedDict[tuple, Reference] = OrderedDict()
 
     def get(self, name: str, ref_text: str | None, workdir: Path, timings: Timings) -> tuple[Reference, bool]:
@@ -121,7 +129,9 @@ class VoiceLibrary:
             raise VoiceError(f"voice {name!r} is {clip['Size']} bytes, over the {MAX_VOICE_BYTES}-byte limit")
         transcript = objects.get(f"{prefix}{name}.txt")
         if ref_text is None and transcript is None:
-            raise VoiceError(f"voice {name!r} has no transcript {prefix}{name}.txt; upload one or pass ref_text")
+            if self.recognizer is None:
+                raise VoiceError(f"voice {name!r} has no transcript {prefix}{name}.txt; upload one or pass ref_text")
+            return self._transcribed(name, clip, workdir, timings)
         text_key = ("override", ref_text) if ref_text is not None else ("etag", transcript["ETag"])
 
         def build() -> Reference:
@@ -136,3 +146,22 @@ class VoiceLibrary:
             return reference
 
         return self._cached((clip["Key"], clip["ETag"], text_key), build)
+
+    def _transcribed(self, name: str, clip: dict, workdir: Path, timings: Timings) -> tuple[Reference, bool]:
+        """Recognise the clip once and store ``<name>.txt`` beside it, so that no job, on this
+        worker or any other, recognises it again: later jobs read the sidecar like any transcript,
+        and this worker's cache holds the reference under the sidecar's ETag."""
+        bucket, key = self.bucket.name, f"{self.bucket.voices_prefix}{name}.txt"
+        with timings.measure("fetch_voice"):
+            local = s3_utils.download_file(self.client, bucket, clip["Key"], workdir / Path(clip["Key"]).name)
+        with timings.measure("prepare_reference"):
+            wave = prepare_audio(local)
+        with timings.measure("transcribe_reference"):
+            text = self.recognizer.transcribe(wave[0].numpy(), SAMPLE_RATE, timings)
+        if not text:
+            raise VoiceError(f"voice {name!r} has no transcript {key} and no speech was recognised in it; upload one")
+        with timings.measure("store_transcript"):
+            etag = s3_utils.put_text(self.client, bucket, key, text)
+        log.info("transcribed voice %s and stored s3://%s/%s: %r", name, bucket, key, text)
+        reference = Reference(audio=wave, text=normalise_ref_text(text))
+        return self._cached((clip["Key"], clip["ETag"], ("etag", etag)), lambda: reference)

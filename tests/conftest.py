@@ -144,10 +144,16 @@ def make_worker(tiny_model, scratch: Path) -> Callable[[dict[str, str]], object]
     from storage import BucketSettings
     from voices import VoiceLibrary
 
-    def make(env: dict[str, str]) -> Worker:
+    def make(env: dict[str, str], asr: bool = False) -> Worker:
+        """``asr``: with a fresh (not yet loaded) recognizer on the tiny Whisper, as ``ASR_ENABLED=1``."""
+        from asr import AsrSettings, SpeechRecognizer
+
         bucket = BucketSettings.from_env(env)
         client = make_client(bucket) if bucket.configured else None
-        return Worker(model=tiny_model, voices=VoiceLibrary(client, bucket), bucket=bucket, s3=client)
+        recognizer = SpeechRecognizer(AsrSettings.from_env({**TINY_ENV, "ASR_ENABLED": "1"}), Path(TINY_ENV["HF_HUB_CACHE"]),
+                                      allow_download=False, device="cpu") if asr else None
+        return Worker(model=tiny_model, voices=VoiceLibrary(client, bucket, recognizer=recognizer), bucket=bucket,
+                      s3=client, asr=recognizer)
 
     return make
 

@@ -1,4 +1,4 @@
-"""Tiny random-weight F5-TTS and Vocos written into a Hugging Face cache layout.
+"""Tiny random-weight F5-TTS, Vocos and Whisper written into a Hugging Face cache layout.
 
 The real loading code (``huggingface_hub`` offline, ``load_model``, ``load_vocoder``) runs
 against these exactly as against the published weights; only the sizes differ. Files are
@@ -19,6 +19,12 @@ import torch
 import yaml
 
 TINY_REPO = "tiny-random/f5-tts"
+TINY_WHISPER_REPO = "tiny-random/whisper"
+# The tiny Whisper's text tokens: whole words, so that its random output reads as words.
+TINY_WHISPER_WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
+    "quebec romeo sierra tango uniform victor whiskey xray yankee zulu one two three four five six seven"
+).split()
 VOCODER_REPO = "charactr/vocos-mel-24khz"
 REVISION = "0" * 39 + "1"
 TINY_ARCH = {
@@ -84,8 +90,70 @@ def _instantiate(spec: dict) -> object:
     return getattr(__import__(module, fromlist=[cls]), cls)(**spec["init_args"])
 
 
+def tiny_whisper_files(seed: int = 0) -> dict[str, bytes]:
+    """A random Whisper (1 layer each side, d_model 32, 80 mel bins) with a byte-level BPE tokenizer
+    holding Whisper's special tokens (languages, tasks, ``<|notimestamps|>``, ``<|0.00|>``..``<|30.00|>``)
+    and the generation config that word timestamps need (``alignment_heads`` and the token ids), as
+    the files of the published repo (``asr.ASR_FILES``).
+
+    Random weights emit arbitrary tokens: the generation config suppresses the byte tokens and
+    the special ones so it emits the words of ``TINY_WHISPER_WORDS``, never ends on its first
+    token, and ``max_length`` keeps decoding short so tests stay fast.
+    """
+    import json
+    import tempfile
+
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration, WhisperTokenizer)
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+    from transformers.utils.logging import disable_progress_bar
+
+    byte_tokens = sorted(ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate([*byte_tokens, *(f"\u0120{w}" for w in TINY_WHISPER_WORDS)])}
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=[])
+    languages = [f"<|{code}|>" for code in LANGUAGES]
+    specials = ["<|endoftext|>", "<|startoftranscript|>", *languages, "<|translate|>", "<|transcribe|>",
+                "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+    tokenizer.add_tokens(specials, special_tokens=True)
+    tokenizer.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)])
+    ids = tokenizer.convert_tokens_to_ids
+    eot = ids("<|endoftext|>")
+    config = WhisperConfig(
+        vocab_size=len(tokenizer), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_source_positions=1500, max_target_positions=64, pad_token_id=eot, bos_token_id=eot,
+        eos_token_id=eot, decoder_start_token_id=ids("<|startoftranscript|>"),
+    )
+    generation = GenerationConfig(
+        bos_token_id=eot, eos_token_id=eot, pad_token_id=eot, decoder_start_token_id=config.decoder_start_token_id,
+        max_length=24, alignment_heads=[[0, 0], [0, 1]], is_multilingual=True,
+        lang_to_id={token: ids(token) for token in languages},
+        task_to_id={"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")},
+        no_timestamps_token_id=ids("<|notimestamps|>"), prev_sot_token_id=ids("<|startofprev|>"),
+        max_initial_timestamp_index=50, begin_suppress_tokens=[eot],
+        suppress_tokens=[*range(len(byte_tokens)), *(ids(t) for t in specials[1:-1])],
+    )
+    disable_progress_bar()  # save_pretrained's "Writing model shards" bar
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = generation
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        tokenizer.save_vocabulary(str(out))
+        WhisperFeatureExtractor(feature_size=80).save_pretrained(out)
+        (out / "added_tokens.json").write_text(json.dumps({t: ids(t) for t in tokenizer.get_added_vocab()}))
+        (out / "special_tokens_map.json").write_text(json.dumps(
+            {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+             "pad_token": "<|endoftext|>", "additional_special_tokens": specials[1:]}))
+        (out / "normalizer.json").write_text("{}")
+        return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
 def build_tiny_cache(hub_cache: Path) -> dict[str, str]:
-    """Write the tiny model and vocoder into ``hub_cache``; return the env that selects them."""
+    """Write the tiny model, vocoder and Whisper into ``hub_cache``; return the env that selects them."""
     import io
 
     from safetensors.torch import save
@@ -99,6 +167,8 @@ def build_tiny_cache(hub_cache: Path) -> dict[str, str]:
     torch.save(tiny_vocos_state_dict(), buffer)
     write_hub_file(hub_cache, VOCODER_REPO, "config.yaml", yaml.safe_dump(TINY_VOCOS).encode())
     write_hub_file(hub_cache, VOCODER_REPO, "pytorch_model.bin", buffer.getvalue())
+    for name, data in tiny_whisper_files().items():
+        write_hub_file(hub_cache, TINY_WHISPER_REPO, name, data)
     return tiny_model_env()
 
 
@@ -108,6 +178,7 @@ def tiny_model_env() -> dict[str, str]:
         "F5TTS_CKPT_FILE": f"hf://{TINY_REPO}/model.safetensors",
         "F5TTS_VOCAB_FILE": f"hf://{TINY_REPO}/vocab.txt",
         "F5TTS_MODEL_CONFIG": f"hf://{TINY_REPO}/config.yaml",
+        "ASR_MODEL": TINY_WHISPER_REPO,
     }
 
 
