@@ -89,7 +89,8 @@ class Worker:
     def _synthesize(self, job_id: str, request: SynthesisRequest, job_dir: Path, timings: Timings) -> dict[str, Any]:
         reference, cached = self.voices.get(request.voice, request.ref_text, job_dir, timings)
         with timings.measure("synthesize"):
-            wave = self.model.synthesize(reference.audio, reference.text, request.text, request.params)
+            chunks = self.model.plan(reference.duration_s, reference.text, request.text, request.params.speed)
+            wave = self.model.synthesize(reference.audio, reference.text, chunks, request.params)
         if request.remove_silence:
             wave = audio.shorten_silences(wave, SAMPLE_RATE)
         out_path = job_dir / f"output.{request.output_format}"
