@@ -38,7 +38,6 @@ import audio  # noqa: E402
 import s3_utils  # noqa: E402
 import url_fetch  # noqa: E402
 from job_input import (  # noqa: E402
-    DeleteVoiceRequest,
     InputError,
     JobRequest,
     ListVoicesRequest,
@@ -116,13 +115,11 @@ class Worker:
                 raise InputError("stream", "this worker runs the classic handler: start it with STREAMING=1 to stream")
             return self._synthesize(job_id, request, job_dir, timings, progress, emit)
         if isinstance(request, ListVoicesRequest):
-            result = {"voices": self.voices.list()}
+            result = {"voices": self.voices.list_voices()}
         elif isinstance(request, UploadVoiceRequest):
             result = self._upload_voice(request, job_dir, timings)
-        elif isinstance(request, DeleteVoiceRequest):
-            result = self.voices.delete(request.name)
         else:
-            raise TypeError(f"no action for {type(request).__name__}")
+            result = self.voices.delete(request.name)
         return {**result, "timings_ms": timings.report()}
 
     def _upload_voice(self, request: UploadVoiceRequest, job_dir: Path, timings: Timings) -> dict[str, Any]:

@@ -100,7 +100,7 @@ class VoiceLibrary:
             raise VoiceError(f"voice {name!r} needs a bucket, and BUCKET_NAME is not set")
         return self._from_s3(name, ref_text, workdir, timings)
 
-    def list(self) -> list[dict[str, Any]]:
+    def list_voices(self) -> list[dict[str, Any]]:
         """Every usable voice: the built-in one, then the bucket's, by name."""
         examples = files("f5_tts").joinpath("infer/examples/basic")
         builtin = Path(str(examples.joinpath("basic_ref_en.wav")))
