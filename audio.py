@@ -6,8 +6,10 @@ free of ffmpeg and the torchcodec/pydub paths that need it.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -22,6 +24,7 @@ class OutputFormat:
     container: str
     subtype: str
     content_type: str
+    endian: str = "FILE"
 
 
 OUTPUT_FORMATS = {
@@ -29,7 +32,12 @@ OUTPUT_FORMATS = {
     "flac": OutputFormat("FLAC", "PCM_16", "audio/flac"),
     "mp3": OutputFormat("MP3", "MPEG_LAYER_III", "audio/mpeg"),
     "ogg": OutputFormat("OGG", "OPUS", "audio/ogg"),
+    # headerless signed 16-bit little-endian, OpenAI's `pcm`
+    "pcm": OutputFormat("RAW", "PCM_16", "audio/pcm", "LITTLE"),
 }
+# Formats whose bytes can be sent piece by piece while synthesis runs: raw PCM, and WAV as a
+# streaming header (see `streaming_wav_header`) followed by the same PCM.
+STREAM_FORMATS = ("wav", "pcm")
 VOICE_EXTENSIONS = ("wav", "flac", "mp3", "ogg")
 
 
@@ -100,6 +108,16 @@ def shorten_silences(wave: np.ndarray, sr: int, min_silence_ms: int = 1000, thre
     return np.concatenate(pieces)
 
 
-def write(wave: np.ndarray, sr: int, fmt: str, path: Path) -> None:
+def write(wave: np.ndarray, sr: int, fmt: str, target: Path | BinaryIO) -> None:
     spec = OUTPUT_FORMATS[fmt]
-    sf.write(str(path), np.clip(wave, -1.0, 1.0), sr, format=spec.container, subtype=spec.subtype)
+    sf.write(str(target) if isinstance(target, Path) else target, np.clip(wave, -1.0, 1.0), sr,
+             format=spec.container, subtype=spec.subtype, endian=spec.endian)
+
+
+def streaming_wav_header(sr: int) -> bytes:
+    """A 16-bit mono WAV header for audio of unknown length (RIFF and data sizes 0xFFFFFFFF, the
+    usual convention for streamed WAV): followed by `pcm` bytes it makes a file that libsndfile,
+    browsers and ffmpeg read to its end."""
+    unknown = 0xFFFFFFFF
+    fmt_chunk = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, sr, sr * 2, 2, 16)
+    return struct.pack("<4sI4s", b"RIFF", unknown, b"WAVE") + fmt_chunk + struct.pack("<4sI", b"data", unknown)

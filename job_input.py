@@ -1,22 +1,29 @@
-"""Validation of a synthesis job's ``input``: every field checked, errors name the field."""
+"""Validation of a job's ``input``: every field checked, errors name the field.
+
+A job is one ``action`` (default ``synthesize``), parsed by its own function. Synthesis also
+accepts OpenAI's ``/v1/audio/speech`` request shape, mapped onto the native fields.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import random
-import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from audio import OUTPUT_FORMATS
+from audio import OUTPUT_FORMATS, STREAM_FORMATS
 from subtitles import SUBTITLE_FORMATS
 from tts_model import SynthesisParams
-from voices import DEFAULT_VOICE
+from voices import DEFAULT_VOICE, MAX_UPLOAD_BYTES, VOICE_NAME
 
 MAX_TEXT_CHARS = int(os.environ.get("MAX_TEXT_CHARS", "5000"))
 MAX_REF_TEXT_CHARS = 1000
+MAX_TEXTS = int(os.environ.get("MAX_TEXTS", "16"))
+MAX_URL_CHARS = 2048
 SEED_MAX = 2**32 - 1
-VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 # field: (type, low, high) for every numeric synthesis parameter
 NUMERIC_FIELDS: dict[str, tuple[type, float, float]] = {
@@ -27,8 +34,12 @@ NUMERIC_FIELDS: dict[str, tuple[type, float, float]] = {
     "cross_fade_duration": (float, 0.0, 2.0),
     "seed": (int, 0, SEED_MAX),
 }
-KNOWN_FIELDS = {"text", "voice", "ref_text", "output_format", "remove_silence", "return_base64",
+KNOWN_FIELDS = {"text", "texts", "voice", "ref_text", "output_format", "remove_silence", "return_base64", "stream",
                 "return_word_timings", "subtitles", *NUMERIC_FIELDS}
+OPENAI_FIELDS = {"model", "input", "response_format"}
+# OpenAI response_format -> native output_format; OpenAI's default is mp3
+OPENAI_FORMATS = {"mp3": "mp3", "opus": "ogg", "flac": "flac", "wav": "wav", "pcm": "pcm"}
+ACTIONS = ("synthesize", "list_voices", "upload_voice", "delete_voice")
 
 
 class InputError(ValueError):
@@ -41,13 +52,15 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class SynthesisRequest:
-    text: str
+    texts: tuple[str, ...]  # one entry unless the job gave ``texts``
+    several: bool  # the job gave ``texts``: one output per text
     voice: str
     ref_text: str | None
     output_format: str
     params: SynthesisParams
     remove_silence: bool
     return_base64: bool
+    stream: bool
     return_word_timings: bool
     subtitles: str | None  # a key of SUBTITLE_FORMATS
 
@@ -56,34 +69,174 @@ class SynthesisRequest:
         return self.return_word_timings or self.subtitles is not None
 
 
-def parse_request(raw: Any) -> SynthesisRequest:
+@dataclass(frozen=True)
+class ListVoicesRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class UploadVoiceRequest:
+    name: str
+    transcript: str
+    audio: bytes | None  # decoded ``audio_base64``
+    audio_url: str | None
+    overwrite: bool
+
+
+@dataclass(frozen=True)
+class DeleteVoiceRequest:
+    name: str
+
+
+JobRequest = SynthesisRequest | ListVoicesRequest | UploadVoiceRequest | DeleteVoiceRequest
+
+
+def parse_job(raw: Any) -> JobRequest:
+    """The job's ``action`` (default ``synthesize``) and that action's fields."""
     if not isinstance(raw, dict):
         raise InputError("(root)", f"must be a JSON object, not {type(raw).__name__}")
-    unknown = sorted(str(k) for k in raw if k not in KNOWN_FIELDS)
-    if unknown:
-        raise InputError(unknown[0], f"unknown field (accepted: {', '.join(sorted(KNOWN_FIELDS))})")
+    action = _text(raw, "action", 32, required=False) or "synthesize"
+    if action not in ACTIONS:
+        raise InputError("action", f"must be one of {', '.join(ACTIONS)}")
+    fields = {k: v for k, v in raw.items() if k != "action"}
+    parsers = {"synthesize": parse_request, "list_voices": parse_list_voices,
+               "upload_voice": parse_upload_voice, "delete_voice": parse_delete_voice}
+    return parsers[action](fields)
+
+
+def parse_request(raw: dict[str, Any]) -> SynthesisRequest:
+    """A synthesis job, native or in OpenAI's speech request shape."""
+    if OPENAI_FIELDS & raw.keys():
+        raw = from_openai(raw)
+    _check_fields(raw, KNOWN_FIELDS)
     numbers = {name: _number(raw, name, *spec) for name, spec in NUMERIC_FIELDS.items() if name in raw}
     numbers.setdefault("seed", random.randint(0, SEED_MAX))
-    voice = _text(raw, "voice", 64, required=False) or DEFAULT_VOICE
-    if not VOICE_NAME.fullmatch(voice):
-        raise InputError("voice", "must be 1-64 letters, digits, '-' or '_', starting with a letter or digit")
     output_format = _text(raw, "output_format", 8, required=False) or "wav"
     if output_format not in OUTPUT_FORMATS:
         raise InputError("output_format", f"must be one of {', '.join(OUTPUT_FORMATS)}")
     subtitles = _text(raw, "subtitles", 8, required=False)
     if subtitles is not None and subtitles not in SUBTITLE_FORMATS:
         raise InputError("subtitles", f"must be one of {', '.join(SUBTITLE_FORMATS)}")
+    return_word_timings = _flag(raw, "return_word_timings")
+    several = "texts" in raw
+    if several and "text" in raw:
+        raise InputError("texts", "give text or texts, not both")
+    texts = _texts(raw) if several else (_text(raw, "text", MAX_TEXT_CHARS, required=True),)
+    stream, remove_silence = _flag(raw, "stream"), _flag(raw, "remove_silence")
+    if stream:
+        if several:
+            raise InputError("stream", "streams one text: send texts without stream, or one job per text")
+        if output_format not in STREAM_FORMATS:
+            raise InputError("output_format", f"a streamed job sends {' or '.join(STREAM_FORMATS)}")
+        if remove_silence:
+            raise InputError("remove_silence", "needs the whole audio, so it cannot be combined with stream")
+        if return_word_timings or subtitles is not None:
+            field = "return_word_timings" if return_word_timings else "subtitles"
+            raise InputError(field, "needs the whole audio, so it cannot be combined with stream")
     return SynthesisRequest(
-        text=_text(raw, "text", MAX_TEXT_CHARS, required=True),
-        voice=voice,
+        texts=texts,
+        several=several,
+        voice=_voice_name(raw, "voice", required=False) or DEFAULT_VOICE,
         ref_text=_text(raw, "ref_text", MAX_REF_TEXT_CHARS, required=False),
         output_format=output_format,
         params=SynthesisParams(**numbers),
-        remove_silence=_flag(raw, "remove_silence"),
+        remove_silence=remove_silence,
         return_base64=_flag(raw, "return_base64"),
-        return_word_timings=_flag(raw, "return_word_timings"),
+        stream=stream,
+        return_word_timings=return_word_timings,
         subtitles=subtitles,
     )
+
+
+def from_openai(raw: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``{"model", "input", "voice", "response_format", "speed"}`` as native fields.
+    ``model`` is checked to be a string and otherwise ignored: this worker serves one model."""
+    native = dict(raw)
+    _text(native, "model", 64, required=False)
+    native.pop("model", None)
+    if "input" in native:
+        if "text" in native:
+            raise InputError("input", "is OpenAI's name for text: give one of them")
+        native["text"] = _text(native, "input", MAX_TEXT_CHARS, required=True)
+        del native["input"]
+    fmt = _text(native, "response_format", 8, required=False)
+    native.pop("response_format", None)
+    if fmt is not None:
+        if "output_format" in native:
+            raise InputError("response_format", "is OpenAI's name for output_format: give one of them")
+        if fmt == "aac":
+            raise InputError("response_format", "aac cannot be produced here (libsndfile has no AAC encoder): "
+                                                f"use one of {', '.join(OPENAI_FORMATS)}")
+        if fmt not in OPENAI_FORMATS:
+            raise InputError("response_format", f"must be one of {', '.join(OPENAI_FORMATS)}")
+    native.setdefault("output_format", OPENAI_FORMATS[fmt or "mp3"])
+    return native
+
+
+def parse_list_voices(raw: dict[str, Any]) -> ListVoicesRequest:
+    _check_fields(raw, set())
+    return ListVoicesRequest()
+
+
+def parse_upload_voice(raw: dict[str, Any]) -> UploadVoiceRequest:
+    _check_fields(raw, {"name", "transcript", "audio_base64", "audio_url", "overwrite"})
+    name = _stored_voice_name(raw)
+    transcript = _text(raw, "transcript", MAX_REF_TEXT_CHARS, required=True)
+    if ("audio_base64" in raw) == ("audio_url" in raw):
+        raise InputError("audio_base64", "give the audio as audio_base64 or as audio_url (one of them)")
+    audio = url = None
+    if "audio_base64" in raw:
+        encoded = _text(raw, "audio_base64", 4 * -(-MAX_UPLOAD_BYTES // 3), required=True)
+        try:
+            audio = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError("audio_base64", "is not valid base64") from None
+    else:
+        url = _text(raw, "audio_url", MAX_URL_CHARS, required=True)
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise InputError("audio_url", "must be an https:// URL")
+    return UploadVoiceRequest(name=name, transcript=transcript, audio=audio, audio_url=url,
+                              overwrite=_flag(raw, "overwrite"))
+
+
+def parse_delete_voice(raw: dict[str, Any]) -> DeleteVoiceRequest:
+    _check_fields(raw, {"name"})
+    return DeleteVoiceRequest(name=_stored_voice_name(raw))
+
+
+def _check_fields(raw: dict, known: set[str]) -> None:
+    unknown = sorted(str(k) for k in raw if k not in known)
+    if unknown:
+        accepted = ", ".join(sorted(known)) or "none"
+        raise InputError(unknown[0], f"unknown field (accepted: {accepted})")
+
+
+def _voice_name(raw: dict, name: str, required: bool) -> str | None:
+    value = _text(raw, name, 64, required=required)
+    if value is not None and not VOICE_NAME.fullmatch(value):
+        raise InputError(name, "must be 1-64 letters, digits, '-' or '_', starting with a letter or digit")
+    return value
+
+
+def _stored_voice_name(raw: dict) -> str:
+    name = _voice_name(raw, "name", required=True)
+    if name == DEFAULT_VOICE:
+        raise InputError("name", f"{DEFAULT_VOICE!r} is the built-in voice and cannot be changed")
+    return name
+
+
+def _texts(raw: dict) -> tuple[str, ...]:
+    value = raw["texts"]
+    if not isinstance(value, list) or not value:
+        raise InputError("texts", "must be a non-empty list of strings")
+    if len(value) > MAX_TEXTS:
+        raise InputError("texts", f"has {len(value)} entries, over the limit of {MAX_TEXTS}")
+    texts = tuple(_text({f"texts[{i}]": v}, f"texts[{i}]", MAX_TEXT_CHARS, required=True) for i, v in enumerate(value))
+    total = sum(len(t) for t in texts)
+    if total > MAX_TEXT_CHARS:
+        raise InputError("texts", f"are {total} characters together, over the limit of {MAX_TEXT_CHARS}")
+    return texts
 
 
 def _text(raw: dict, name: str, max_chars: int, required: bool) -> str | None:

@@ -3,10 +3,11 @@
     python runpod_handler.py                      # on RunPod: take jobs from the queue
     python runpod_handler.py --rp_serve_api       # locally: /run, /runsync, /status on :8000
     python runpod_handler.py --test_input '{"input": {"text": "Hello."}}'
+    STREAMING=1 python runpod_handler.py ...       # generator handler: "stream": true jobs stream
 
 The model loads once, when the process starts; every job then runs validate -> voice ->
 synthesize -> encode -> deliver (S3 or inline base64) in its own scratch directory, which is
-removed whatever happens.
+removed whatever happens. Jobs with an ``action`` manage the bucket's voices instead.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ CACHE = apply_cache_env()  # before anything imports huggingface_hub
 
 import asyncio  # noqa: E402
 import base64  # noqa: E402
+import io  # noqa: E402
+import itertools  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import AsyncIterator, Callable  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -33,19 +37,33 @@ from botocore.exceptions import BotoCoreError, ClientError  # noqa: E402
 import audio  # noqa: E402
 import s3_utils  # noqa: E402
 import subtitles  # noqa: E402
+import url_fetch  # noqa: E402
 from asr import AsrSettings, SpeechRecognizer  # noqa: E402
-from job_input import InputError, SynthesisRequest, parse_request  # noqa: E402
+from job_input import (  # noqa: E402
+    InputError,
+    JobRequest,
+    ListVoicesRequest,
+    SynthesisRequest,
+    UploadVoiceRequest,
+    parse_job,
+)
 from model_files import ModelConfigError, ModelFilesMissing, ModelSources  # noqa: E402
 from storage import BucketSettings, make_job_dir  # noqa: E402
 from timings import Timings  # noqa: E402
 from tts_model import SAMPLE_RATE, TTSModel  # noqa: E402
-from voices import VoiceError, VoiceLibrary  # noqa: E402
+from voices import MAX_UPLOAD_BYTES, VoiceError, VoiceLibrary  # noqa: E402
 
 log = logging.getLogger("f5tts.worker")
 
 # RunPod caps a job's result at 20 MB; inline audio stays well below so /run and /runsync both carry it.
 MAX_INLINE_BASE64_BYTES = 10 * 1024 * 1024
 CLIENT_ERRORS = (InputError, VoiceError, audio.AudioError)
+# A streamed item holds at most 8 s of 16-bit PCM: 384 KB, 512 KB as base64, well under RunPod's
+# 1 MB limit on one stream chunk.
+STREAM_PIECE_SAMPLES = 8 * SAMPLE_RATE
+
+Progress = Callable[[str], None]  # gets "chunk i of n"
+Emit = Callable[[dict[str, Any]], None]  # gets each streamed item
 
 
 @dataclass
@@ -71,16 +89,19 @@ class Worker:
                  f"{asr_settings.repo_id} (loaded on first use)" if asr else "off")
         return cls(model=model, voices=VoiceLibrary(s3, bucket, recognizer=asr), bucket=bucket, s3=s3, asr=asr)
 
-    def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        """One job, start to finish; never raises, errors come back as ``{"error": str}``."""
+    def run(self, job: dict[str, Any], progress: Progress | None = None, emit: Emit | None = None) -> dict[str, Any]:
+        """One job, start to finish; never raises, errors come back as ``{"error": str}``.
+
+        ``progress`` is told "chunk i of n" as synthesis goes; ``emit`` (the streaming handler's)
+        gets a ``"stream": true`` job's audio piece by piece, before the result is returned.
+        """
         job_id = str(job.get("id", "local"))
         timings = Timings()
         job_dir = make_job_dir(job_id)
         try:
-            request = parse_request(job.get("input"))
-            result = self._synthesize(job_id, request, job_dir, timings)
-            log.info("job %s done: voice=%s format=%s audio=%.2fs timings=%s", job_id, request.voice,
-                     request.output_format, result["duration_s"], result["timings_ms"])
+            request = parse_job(job.get("input"))
+            result = self._dispatch(job_id, request, job_dir, timings, progress, emit)
+            log.info("job %s done: %s timings=%s", job_id, type(request).__name__, result["timings_ms"])
             return result
         except CLIENT_ERRORS as err:
             log.info("job %s rejected: %s", job_id, err)
@@ -94,50 +115,104 @@ class Worker:
         finally:
             shutil.rmtree(job_dir, ignore_errors=True)
 
-    def _synthesize(self, job_id: str, request: SynthesisRequest, job_dir: Path, timings: Timings) -> dict[str, Any]:
+    def _dispatch(self, job_id: str, request: JobRequest, job_dir: Path, timings: Timings,
+                  progress: Progress | None, emit: Emit | None) -> dict[str, Any]:
+        if isinstance(request, SynthesisRequest):
+            if request.stream and emit is None:
+                raise InputError("stream", "this worker runs the classic handler: start it with STREAMING=1 to stream")
+            return self._synthesize(job_id, request, job_dir, timings, progress, emit)
+        if isinstance(request, ListVoicesRequest):
+            result = {"voices": self.voices.list_voices()}
+        elif isinstance(request, UploadVoiceRequest):
+            result = self._upload_voice(request, job_dir, timings)
+        else:
+            result = self.voices.delete(request.name)
+        return {**result, "timings_ms": timings.report()}
+
+    def _upload_voice(self, request: UploadVoiceRequest, job_dir: Path, timings: Timings) -> dict[str, Any]:
+        source = job_dir / "upload"
+        with timings.measure("fetch_voice"):
+            if request.audio is not None:
+                source.write_bytes(request.audio)
+            else:
+                try:
+                    url_fetch.fetch(request.audio_url, source, MAX_UPLOAD_BYTES)
+                except url_fetch.FetchError as err:
+                    raise VoiceError(f"audio_url: {err}") from err
+        with timings.measure("store_voice"):
+            return self.voices.store(request.name, source, request.transcript, request.overwrite, job_dir)
+
+    def _synthesize(self, job_id: str, request: SynthesisRequest, job_dir: Path, timings: Timings,
+                    progress: Progress | None, emit: Emit | None) -> dict[str, Any]:
+        """Every text with one prepared reference; a stream job's audio goes to ``emit`` as it is made."""
         if request.needs_recognition and self.asr is None:
             field = "return_word_timings" if request.return_word_timings else "subtitles"
             raise InputError(field, "needs speech recognition, which is off on this endpoint (ASR_ENABLED)")
         reference, cached = self.voices.get(request.voice, request.ref_text, job_dir, timings)
-        with timings.measure("synthesize"):
-            wave = self.model.synthesize(reference.audio, reference.text, request.text, request.params)
-        if request.remove_silence:
-            wave = audio.shorten_silences(wave, SAMPLE_RATE)
-        out_path = job_dir / f"output.{request.output_format}"
-        with timings.measure("encode"):
-            audio.write(wave, SAMPLE_RATE, request.output_format, out_path)
+        plans = [self.model.plan(reference.duration_s, reference.text, text, request.params.speed) for text in request.texts]
+        total = sum(map(len, plans))
+        stream = AudioStream(request.output_format, emit, timings) if request.stream and emit else None
+        waves = []
+        for chunks, done in zip(plans, itertools.accumulate(map(len, plans), initial=0)):
+            def on_chunk(index: int, _count: int, part: np.ndarray, done: int = done) -> None:
+                if progress is not None:
+                    progress(f"chunk {done + index} of {total}")
+                if stream is not None:
+                    stream.send(part)
+
+            with timings.measure("synthesize"):
+                wave = self.model.synthesize(reference.audio, reference.text, chunks, request.params, on_chunk)
+            waves.append(audio.shorten_silences(wave, SAMPLE_RATE) if request.remove_silence else wave)
         result: dict[str, Any] = {
             "format": request.output_format,
             "sample_rate": SAMPLE_RATE,
-            "duration_s": round(len(wave) / SAMPLE_RATE, 3),
             "seed": request.params.seed,
             "voice": request.voice,
             "voice_cached": cached,
         }
-        if request.needs_recognition:
-            result.update(self._word_timings(job_id, request, wave, timings))
-        result.update(self._deliver(job_id, request, out_path, timings))
+        durations = [round(len(wave) / SAMPLE_RATE, 3) for wave in waves]
+        if stream is not None:
+            result.update(duration_s=durations[0], chunks=stream.count)
+        else:
+            paths = [job_dir / f"output-{i}.{request.output_format}" for i in range(len(waves))]
+            with timings.measure("encode"):
+                for wave, path in zip(waves, paths):
+                    audio.write(wave, SAMPLE_RATE, request.output_format, path)
+            delivered = self._deliver(job_id, request, paths, timings)
+            if request.needs_recognition:
+                for i, (wave, out) in enumerate(zip(waves, delivered)):
+                    out.update(self._word_timings(output_stem(job_id, request, i), request, wave, timings))
+            if request.several:
+                result["outputs"] = [{"index": i, "duration_s": d, **out} for i, (d, out) in enumerate(zip(durations, delivered))]
+            else:
+                result.update(duration_s=durations[0], **delivered[0])
         result["timings_ms"] = timings.report()
+        log.info("job %s: voice=%s format=%s audio=%ss chunks=%d", job_id, request.voice, request.output_format,
+                 durations, total)
         return result
 
-    def _deliver(self, job_id: str, request: SynthesisRequest, path: Path, timings: Timings) -> dict[str, Any]:
-        """Upload to ``<OUTPUTS_PREFIX><job id>.<ext>``, or inline base64 with no bucket."""
+    def _deliver(self, job_id: str, request: SynthesisRequest, paths: list[Path], timings: Timings) -> list[dict[str, Any]]:
+        """Upload to ``<OUTPUTS_PREFIX><job id>.<ext>`` (``<job id>-<i>.<ext>`` for ``texts``), or
+        inline base64 with no bucket."""
         if self.s3 is None or request.return_base64:
-            size = 4 * -(-path.stat().st_size // 3)
+            size = sum(4 * -(-path.stat().st_size // 3) for path in paths)
             if size > MAX_INLINE_BASE64_BYTES:
                 raise audio.AudioError(
                     f"the {request.output_format} output would be {size} bytes of base64, over the "
                     f"{MAX_INLINE_BASE64_BYTES}-byte inline limit: configure a bucket or pick mp3/ogg"
                 )
-            return {"audio_base64": base64.b64encode(path.read_bytes()).decode("ascii")}
-        key = f"{self.bucket.outputs_prefix}{safe_job_id(job_id)}.{request.output_format}"
+            return [{"audio_base64": base64.b64encode(path.read_bytes()).decode("ascii")} for path in paths]
         content_type = audio.OUTPUT_FORMATS[request.output_format].content_type
-        with timings.measure("upload"):
-            s3_utils.upload_file(self.s3, self.bucket.name, key, path, content_type)
-            url = s3_utils.presigned_url(self.s3, self.bucket.name, key)
-        return {"audio_key": key, "audio_url": url, "bucket": self.bucket.name}
+        delivered = []
+        for i, path in enumerate(paths):
+            key = f"{self.bucket.outputs_prefix}{output_stem(job_id, request, i)}.{request.output_format}"
+            with timings.measure("upload"):
+                s3_utils.upload_file(self.s3, self.bucket.name, key, path, content_type)
+                url = s3_utils.presigned_url(self.s3, self.bucket.name, key)
+            delivered.append({"audio_key": key, "audio_url": url, "bucket": self.bucket.name})
+        return delivered
 
-    def _word_timings(self, job_id: str, request: SynthesisRequest, wave: np.ndarray, timings: Timings) -> dict[str, Any]:
+    def _word_timings(self, stem: str, request: SynthesisRequest, wave: np.ndarray, timings: Timings) -> dict[str, Any]:
         """``words`` and/or the subtitle file, from Whisper's recognition of the generated audio
         (``word_timings`` includes ``load_asr`` on the job that loads the model)."""
         with timings.measure("word_timings"):
@@ -148,11 +223,40 @@ class Worker:
         text = subtitles.render(words, request.subtitles)
         if self.s3 is None or request.return_base64:
             return {**result, "subtitles": text}
-        key = f"{self.bucket.outputs_prefix}{safe_job_id(job_id)}.{request.subtitles}"
+        key = f"{self.bucket.outputs_prefix}{stem}.{request.subtitles}"
         with timings.measure("upload"):
             s3_utils.put_text(self.s3, self.bucket.name, key, text, subtitles.SUBTITLE_FORMATS[request.subtitles])
             url = s3_utils.presigned_url(self.s3, self.bucket.name, key)
         return {**result, "subtitles_key": key, "subtitles_url": url}
+
+
+class AudioStream:
+    """A stream job's audio as items of at most ``STREAM_PIECE_SAMPLES`` samples, each
+    ``{"chunk": k, "format", "sample_rate", "audio_base64"}`` with base64 of 16-bit little-endian
+    PCM, the first one preceded by a streaming WAV header when the format is ``wav``. Decoded and
+    concatenated in ``chunk`` order, they are the job's audio file."""
+
+    def __init__(self, fmt: str, emit: Emit, timings: Timings):
+        self.fmt = fmt
+        self.emit = emit
+        self.timings = timings
+        self.count = 0
+
+    def send(self, wave: np.ndarray) -> None:
+        for start in range(0, len(wave), STREAM_PIECE_SAMPLES):
+            data = io.BytesIO()
+            if self.count == 0 and self.fmt == "wav":
+                data.write(audio.streaming_wav_header(SAMPLE_RATE))
+            audio.write(wave[start : start + STREAM_PIECE_SAMPLES], SAMPLE_RATE, "pcm", data)
+            self.timings.mark("first_audio")
+            self.emit({"chunk": self.count, "format": self.fmt, "sample_rate": SAMPLE_RATE,
+                       "audio_base64": base64.b64encode(data.getvalue()).decode("ascii")})
+            self.count += 1
+
+
+def output_stem(job_id: str, request: SynthesisRequest, index: int) -> str:
+    """The key stem of output ``index``: the job id, suffixed ``-<i>`` for ``texts``."""
+    return f"{safe_job_id(job_id)}-{index}" if request.several else safe_job_id(job_id)
 
 
 def safe_job_id(job_id: str) -> str:
@@ -163,11 +267,45 @@ def safe_job_id(job_id: str) -> str:
 WORKER: Worker | None = None
 
 
+def progress_reporter(job: dict[str, Any]) -> Progress | None:
+    """Posts a job's progress with ``runpod.serverless.progress_update``, which sends it to the
+    URL RunPod gives workers in ``RUNPOD_WEBHOOK_POST_OUTPUT`` (``/status`` then shows it). Without
+    that URL (``--test_input``, a plain local API) there is nowhere to post it."""
+    if not os.environ.get("RUNPOD_WEBHOOK_POST_OUTPUT"):
+        return None
+    from runpod.serverless import progress_update
+
+    return lambda message: progress_update(job, message)
+
+
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
     """RunPod entry point. Synthesis runs in a thread so the event loop (heartbeats, the
     local API's other requests) keeps answering while a job computes."""
     assert WORKER is not None, "the worker is started by main()"
-    return await asyncio.to_thread(WORKER.run, job)
+    return await asyncio.to_thread(WORKER.run, job, progress_reporter(job))
+
+
+async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """Generator entry point (``STREAMING=1``): yields a ``"stream": true`` job's audio items as
+    they are made, then the job's result; any other job yields just its result. The job runs in a
+    thread, as in ``handler``; its items cross to the event loop through a queue."""
+    assert WORKER is not None, "the worker is started by main()"
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    def emit(item: dict[str, Any] | None) -> None:
+        loop.call_soon_threadsafe(items.put_nowait, item)
+
+    def work() -> dict[str, Any]:
+        try:
+            return WORKER.run(job, progress_reporter(job), emit)
+        finally:
+            emit(None)
+
+    result = asyncio.ensure_future(asyncio.to_thread(work))
+    while (item := await items.get()) is not None:
+        yield item
+    yield await result
 
 
 def main() -> None:
@@ -185,7 +323,11 @@ def main() -> None:
     os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")  # the SDK's DEBUG level logs every job's output
     import runpod
 
-    runpod.serverless.start({"handler": handler})
+    if os.environ.get("STREAMING", "0").lower() in ("1", "true", "yes", "on"):
+        # /run and /runsync then get the list of everything yielded: audio items, then the result
+        runpod.serverless.start({"handler": stream_handler, "return_aggregate_stream": True})
+    else:
+        runpod.serverless.start({"handler": handler})
 
 
 if __name__ == "__main__":

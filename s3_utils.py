@@ -88,6 +88,20 @@ def upload_file(client: BaseClient, bucket: str, key: str, path: Path, content_t
     client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type})
 
 
+def put_text(client: BaseClient, bucket: str, key: str, text: str) -> None:
+    client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType="text/plain; charset=utf-8")
+
+
+def delete_objects(client: BaseClient, bucket: str, keys: list[str]) -> None:
+    """Delete ``keys`` (at most 1000, one request); a key that failed raises."""
+    if not keys:
+        return
+    response = client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+    if response.get("Errors"):
+        error = response["Errors"][0]
+        raise ClientError({"Error": {"Code": error.get("Code"), "Message": error.get("Message")}}, "DeleteObjects")
+
+
 def presigned_url(client: BaseClient, bucket: str, key: str, expires_s: int = PRESIGN_EXPIRES_S) -> str:
     return client.generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s

@@ -20,5 +20,9 @@ class Timings:
         finally:
             self.ms[stage] = round(self.ms.get(stage, 0.0) + (time.perf_counter() - start) * 1000, 2)
 
+    def mark(self, stage: str) -> None:
+        """Record, once, the milliseconds from the job's start to now (e.g. its first audio)."""
+        self.ms.setdefault(stage, round((time.perf_counter() - self._started) * 1000, 2))
+
     def report(self) -> dict[str, float]:
         return {**self.ms, "total": round((time.perf_counter() - self._started) * 1000, 2)}

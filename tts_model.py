@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24_000  # F5-TTS and Vocos both work at 24 kHz
 MAX_CONTEXT_S = 22.0  # upstream's budget of reference + generated seconds per chunk
+
+# on_chunk(chunk number from 1, chunk count, the audio that chunk made final)
+ChunkCallback = Callable[[int, int, np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,8 @@ def chunk_budget(ref_audio_s: float, ref_text: str, speed: float) -> int:
 
 
 class TTSModel:
-    """One loaded F5-TTS + vocoder. ``synthesize`` is serialised: the model is not re-entrant."""
+    """One loaded F5-TTS + vocoder. ``synthesize`` is serialised: the model is not re-entrant,
+    and the seed is global RNG state."""
 
     def __init__(self, model: torch.nn.Module, vocoder: torch.nn.Module, device: str, resolved: ResolvedModel):
         self.model = model
@@ -81,30 +86,81 @@ class TTSModel:
         )
         return cls(model, vocoder, device, resolved)
 
-    def synthesize(self, ref_audio: torch.Tensor, ref_text: str, text: str, params: SynthesisParams) -> np.ndarray:
-        """Speech for ``text`` in the voice of ``ref_audio`` (mono, 24 kHz, shape ``(1, n)``)."""
-        from f5_tts.infer.utils_infer import chunk_text, infer_batch_process
+    def plan(self, reference_s: float, ref_text: str, text: str, speed: float) -> list[str]:
+        """``text`` split into the chunks upstream would synthesize one at a time."""
+        from f5_tts.infer.utils_infer import chunk_text
+
+        return chunk_text(text, max_chars=chunk_budget(reference_s, ref_text, speed))
+
+    def synthesize(self, ref_audio: torch.Tensor, ref_text: str, chunks: list[str], params: SynthesisParams,
+                   on_chunk: ChunkCallback | None = None) -> np.ndarray:
+        """Speech for ``chunks`` (from :meth:`plan`) in the voice of ``ref_audio`` (mono, 24 kHz,
+        shape ``(1, n)``), joined with upstream's cross-fade.
+
+        Chunks run one after another (upstream runs them in a thread pool), so ``on_chunk(i, n,
+        audio)`` can report each as soon as it is done, with the part of the audio that no later
+        cross-fade can change, and the seed fixes the whole job's noise whatever the chunk count.
+        The returned wave is those parts concatenated.
+        """
+        from f5_tts.infer.utils_infer import infer_batch_process
         from f5_tts.model.utils import seed_everything
 
-        budget = chunk_budget(ref_audio.shape[-1] / SAMPLE_RATE, ref_text, params.speed)
-        chunks = chunk_text(text, max_chars=budget)
+        fader = CrossFader(int(params.cross_fade_duration * SAMPLE_RATE))
+        parts: list[np.ndarray] = []
         with self._lock:
             seed_everything(params.seed)
-            wave, _, _ = next(
-                infer_batch_process(
-                    (ref_audio, SAMPLE_RATE),
-                    ref_text,
-                    chunks,
-                    self.model,
-                    self.vocoder,
-                    mel_spec_type="vocos",
-                    progress=None,
-                    cross_fade_duration=params.cross_fade_duration,
-                    nfe_step=params.nfe_step,
-                    cfg_strength=params.cfg_strength,
-                    sway_sampling_coef=params.sway_sampling_coef,
-                    speed=params.speed,
-                    device=self.device,
+            for index, chunk in enumerate(chunks, start=1):
+                wave, _, _ = next(
+                    infer_batch_process(
+                        (ref_audio, SAMPLE_RATE),
+                        ref_text,
+                        [chunk],
+                        self.model,
+                        self.vocoder,
+                        mel_spec_type="vocos",
+                        progress=None,
+                        nfe_step=params.nfe_step,
+                        cfg_strength=params.cfg_strength,
+                        sway_sampling_coef=params.sway_sampling_coef,
+                        speed=params.speed,
+                        device=self.device,
+                    )
                 )
-            )
-        return np.asarray(wave, dtype=np.float32)
+                ready = fader.push(wave)
+                if index == len(chunks):
+                    ready = np.concatenate([ready, fader.finish()])
+                part = np.asarray(ready, dtype=np.float32)
+                parts.append(part)
+                if on_chunk is not None:
+                    on_chunk(index, len(chunks), part)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+def cross_fade(prev: np.ndarray, nxt: np.ndarray, samples: int) -> np.ndarray:
+    """Upstream's join of two chunks (``infer_batch_process``): a linear fade over
+    ``min(samples, len(prev), len(nxt))`` samples, plain concatenation when that is 0."""
+    overlap = min(samples, len(prev), len(nxt))
+    if overlap <= 0:
+        return np.concatenate([prev, nxt])
+    faded = prev[-overlap:] * np.linspace(1, 0, overlap) + nxt[:overlap] * np.linspace(0, 1, overlap)
+    return np.concatenate([prev[:-overlap], faded, nxt[overlap:]])
+
+
+class CrossFader:
+    """Upstream's cross-fade applied incrementally: :meth:`push` returns the audio that later
+    chunks can no longer change and holds back the last ``samples`` for the next fade, so the
+    concatenation of everything returned, then :meth:`finish`, is upstream's joined wave."""
+
+    def __init__(self, samples: int):
+        self.samples = max(0, samples)
+        self._held: np.ndarray | None = None
+
+    def push(self, wave: np.ndarray) -> np.ndarray:
+        joined = wave if self._held is None else cross_fade(self._held, wave, self.samples)
+        cut = len(joined) - min(self.samples, len(joined))
+        self._held = joined[cut:]
+        return joined[:cut]
+
+    def finish(self) -> np.ndarray:
+        held, self._held = self._held, None
+        return held if held is not None else np.zeros(0, dtype=np.float32)

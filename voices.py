@@ -9,11 +9,13 @@ voice (new ETag) is picked up on its next use.
 from __future__ import annotations
 
 import logging
+import re
 import tomllib
 from collections import OrderedDict
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +35,8 @@ REF_MAX_S = 12.0  # F5-TTS is trained on references of at most ~12 s; upstream c
 REF_MIN_S = 0.5
 REF_TAIL_S = 0.05  # upstream appends 50 ms of silence to the reference
 MAX_VOICE_BYTES = 50 * 1024 * 1024
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # an uploaded clip, before conversion (base64 or URL)
+VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 class VoiceError(ValueError):
@@ -57,24 +61,32 @@ def normalise_ref_text(text: str) -> str:
     return f"{text} " if text.endswith(".") else f"{text}. "
 
 
-def prepare_reference(path: Path, text: str) -> Reference:
-    """Mono 24 kHz, clipped to 12 s, silence trimmed at the edges, 50 ms tail: upstream's
-    ``preprocess_ref_audio_text`` without its temp files and without ffmpeg."""
-    return Reference(audio=prepare_audio(path), text=normalise_ref_text(text))
-
-
-def prepare_audio(path: Path) -> torch.Tensor:
-    """The reference clip as the model hears it, ``(1, n)`` float32 at ``SAMPLE_RATE``."""
+def clean_reference_wave(path: Path) -> tuple[np.ndarray, float]:
+    """Mono 24 kHz, clipped to 12 s, silence trimmed at the edges; also the source's length in
+    seconds, to tell when the clip was cut."""
     try:
         wave, sr = audio.read_mono(path)
     except audio.AudioError as err:
         raise VoiceError(f"reference audio: {err}") from err
+    source_s = len(wave) / sr
     wave = audio.resample(wave, sr, SAMPLE_RATE)[: int(REF_MAX_S * SAMPLE_RATE)]
     wave = audio.trim_silence_edges(wave, SAMPLE_RATE)
     if len(wave) < REF_MIN_S * SAMPLE_RATE:
         raise VoiceError(f"reference audio has less than {REF_MIN_S} s of sound")
+    return wave, source_s
+
+
+def prepare_audio(path: Path) -> torch.Tensor:
+    """The reference clip as the model hears it, ``(1, n)`` float32 at ``SAMPLE_RATE``, with
+    upstream's 50 ms silent tail."""
+    wave, _ = clean_reference_wave(path)
     wave = np.concatenate([wave, np.zeros(int(REF_TAIL_S * SAMPLE_RATE), dtype=np.float32)])
     return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
+
+
+def prepare_reference(path: Path, text: str) -> Reference:
+    """Upstream's ``preprocess_ref_audio_text`` without its temp files and without ffmpeg."""
+    return Reference(audio=prepare_audio(path), text=normalise_ref_text(text))
 
 
 class VoiceLibrary:
@@ -95,6 +107,75 @@ class VoiceLibrary:
         if self.client is None or not self.bucket.configured:
             raise VoiceError(f"voice {name!r} needs a bucket, and BUCKET_NAME is not set")
         return self._from_s3(name, ref_text, workdir, timings)
+
+    def list_voices(self) -> list[dict[str, Any]]:
+        """Every usable voice: the built-in one, then the bucket's, by name."""
+        examples = files("f5_tts").joinpath("infer/examples/basic")
+        builtin = Path(str(examples.joinpath("basic_ref_en.wav")))
+        voices = [{"name": DEFAULT_VOICE, "builtin": True, "format": "wav",
+                   "transcript": tomllib.loads(examples.joinpath("basic.toml").read_text())["ref_text"],
+                   "size": builtin.stat().st_size, "last_modified": None}]
+        if self.client is None or not self.bucket.configured:
+            return voices
+        prefix = self.bucket.voices_prefix
+        objects = {o["Key"]: o for o in s3_utils.list_s3_objects(self.client, self.bucket.name, prefix)}
+        names = sorted({Path(k[len(prefix):]).stem for k in objects})
+        for name in names:
+            clip = self._clip(objects, name) if VOICE_NAME.fullmatch(name) else None
+            if clip is None:
+                continue
+            transcript = objects.get(f"{prefix}{name}.txt")
+            voices.append({
+                "name": name, "builtin": False, "format": clip["Key"].rsplit(".", 1)[1],
+                "transcript": s3_utils.read_text(self.client, self.bucket.name, transcript["Key"]) if transcript else None,
+                "size": clip["Size"], "last_modified": clip["LastModified"].isoformat(),
+            })
+        return voices
+
+    def store(self, name: str, source: Path, transcript: str, overwrite: bool, workdir: Path) -> dict[str, Any]:
+        """Convert ``source`` to a clean mono 24 kHz WAV reference and store it as
+        ``<name>.wav`` with ``<name>.txt``, replacing the voice's other files only if ``overwrite``."""
+        self._require_bucket()
+        wave, source_s = clean_reference_wave(source)
+        existing = self._keys(name)
+        if existing and not overwrite:
+            raise VoiceError(f"voice {name!r} exists ({', '.join(existing)}); pass overwrite: true to replace it")
+        bucket, prefix = self.bucket.name, self.bucket.voices_prefix
+        out = workdir / f"{name}.wav"
+        audio.write(wave, SAMPLE_RATE, "wav", out)
+        audio_key, text_key = f"{prefix}{name}.wav", f"{prefix}{name}.txt"
+        s3_utils.upload_file(self.client, bucket, audio_key, out, audio.OUTPUT_FORMATS["wav"].content_type)
+        s3_utils.put_text(self.client, bucket, text_key, transcript.strip())
+        s3_utils.delete_objects(self.client, bucket, [k for k in existing if k not in (audio_key, text_key)])
+        log.info("stored voice %s (%.2fs of %.2fs) at s3://%s/%s", name, len(wave) / SAMPLE_RATE, source_s, bucket, audio_key)
+        return {"name": name, "audio_key": audio_key, "transcript_key": text_key, "sample_rate": SAMPLE_RATE,
+                "duration_s": round(len(wave) / SAMPLE_RATE, 3), "source_duration_s": round(source_s, 3),
+                "clipped": source_s > REF_MAX_S}
+
+    def delete(self, name: str) -> dict[str, Any]:
+        """Remove the voice's clips and transcript."""
+        self._require_bucket()
+        keys = self._keys(name)
+        if not keys:
+            raise VoiceError(f"voice {name!r} not found")
+        s3_utils.delete_objects(self.client, self.bucket.name, keys)
+        log.info("deleted voice %s: %s", name, keys)
+        return {"name": name, "deleted": keys}
+
+    def _require_bucket(self) -> None:
+        if self.client is None or not self.bucket.configured:
+            raise VoiceError("voice management needs a bucket, and BUCKET_NAME is not set")
+
+    def _keys(self, name: str) -> list[str]:
+        """The voice's clip(s) and transcript in the bucket."""
+        prefix = f"{self.bucket.voices_prefix}{name}."
+        wanted = {f"{prefix}{ext}" for ext in (*audio.VOICE_EXTENSIONS, "txt")}
+        return sorted(o["Key"] for o in s3_utils.list_s3_objects(self.client, self.bucket.name, prefix) if o["Key"] in wanted)
+
+    def _clip(self, objects: dict[str, dict], name: str) -> dict | None:
+        """The clip a job on ``name`` uses: the first of ``VOICE_EXTENSIONS`` present."""
+        prefix = self.bucket.voices_prefix
+        return next((objects[k] for k in (f"{prefix}{name}.{ext}" for ext in audio.VOICE_EXTENSIONS) if k in objects), None)
 
     def _cached(self, key: tuple, build) -> tuple[Reference, bool]:
         if key in self._cache:
@@ -121,10 +202,9 @@ class VoiceLibrary:
         bucket, prefix = self.bucket.name, self.bucket.voices_prefix
         with timings.measure("fetch_voice"):
             objects = {o["Key"]: o for o in s3_utils.list_s3_objects(self.client, bucket, f"{prefix}{name}.")}
-        found = [objects[k] for k in (f"{prefix}{name}.{ext}" for ext in audio.VOICE_EXTENSIONS) if k in objects]
-        if not found:
+        clip = self._clip(objects, name)
+        if clip is None:
             raise VoiceError(f"voice {name!r} not found: no {prefix}{name}.{{{','.join(audio.VOICE_EXTENSIONS)}}} in the bucket")
-        clip = found[0]
         if clip["Size"] > MAX_VOICE_BYTES:
             raise VoiceError(f"voice {name!r} is {clip['Size']} bytes, over the {MAX_VOICE_BYTES}-byte limit")
         transcript = objects.get(f"{prefix}{name}.txt")
