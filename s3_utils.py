@@ -88,10 +88,6 @@ def upload_file(client: BaseClient, bucket: str, key: str, path: Path, content_t
     client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type})
 
 
-def put_text(client: BaseClient, bucket: str, key: str, text: str) -> None:
-    client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType="text/plain; charset=utf-8")
-
-
 def delete_objects(client: BaseClient, bucket: str, keys: list[str]) -> None:
     """Delete ``keys`` (at most 1000, one request); a key that failed raises."""
     if not keys:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 import requests
 import soundfile as sf
 
@@ -40,6 +41,11 @@ S3_CREDENTIALS = {
 }
 ALICE_TEXT = "Some call me nature, others call me mother nature."
 BUCKET_ENV_KEYS = ("BUCKET_NAME", "BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_REGION")
+
+# Property tests assert behaviour, not speed: on a loaded 2-core machine input generation and
+# examples can be slow, which must not fail a run.
+settings.register_profile("worker", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("worker")
 
 # The worker modules read HF_* at import: point them at the tiny cache before any test imports them.
 os.environ.update(TINY_ENV)
