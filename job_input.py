@@ -16,6 +16,7 @@ MAX_TEXT_CHARS = int(os.environ.get("MAX_TEXT_CHARS", "5000"))
 MAX_REF_TEXT_CHARS = 1000
 SEED_MAX = 2**32 - 1
 VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+FIELD_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # field: (type, low, high) for every numeric synthesis parameter
 NUMERIC_FIELDS: dict[str, tuple[type, float, float]] = {
@@ -51,7 +52,7 @@ class SynthesisRequest:
 def parse_request(raw: Any) -> SynthesisRequest:
     if not isinstance(raw, dict):
         raise InputError("(root)", f"must be a JSON object, not {type(raw).__name__}")
-    unknown = sorted(str(k) for k in raw if k not in KNOWN_FIELDS)
+    unknown = sorted(_printable(k) for k in raw if k not in KNOWN_FIELDS)
     if unknown:
         raise InputError(unknown[0], f"unknown field (accepted: {', '.join(sorted(KNOWN_FIELDS))})")
     numbers = {name: _number(raw, name, *spec) for name, spec in NUMERIC_FIELDS.items() if name in raw}
@@ -71,6 +72,14 @@ def parse_request(raw: Any) -> SynthesisRequest:
         remove_silence=_flag(raw, "remove_silence"),
         return_base64=_flag(raw, "return_base64"),
     )
+
+
+def _printable(key: object) -> str:
+    """An unknown field's name as it can be echoed in an error: plain names as they are, anything
+    else (non-strings, control characters, lone surrogates, megabyte keys) escaped and cut short."""
+    if isinstance(key, str) and FIELD_NAME.fullmatch(key):
+        return key
+    return ascii(key)[:66]
 
 
 def _text(raw: dict, name: str, max_chars: int, required: bool) -> str | None:

@@ -17,6 +17,7 @@ CACHE = apply_cache_env()  # before anything imports huggingface_hub
 
 import asyncio  # noqa: E402
 import base64  # noqa: E402
+import errno  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -32,10 +33,10 @@ from botocore.exceptions import BotoCoreError, ClientError  # noqa: E402
 import audio  # noqa: E402
 import s3_utils  # noqa: E402
 from job_input import InputError, SynthesisRequest, parse_request  # noqa: E402
-from model_files import ModelConfigError, ModelFilesMissing, ModelSources  # noqa: E402
-from storage import BucketSettings, make_job_dir  # noqa: E402
+from model_files import ModelConfigError, ModelFilesCorrupt, ModelFilesMissing, ModelSources  # noqa: E402
+from storage import BucketSettings, make_job_dir, scratch_root  # noqa: E402
 from timings import Timings  # noqa: E402
-from tts_model import SAMPLE_RATE, TTSModel  # noqa: E402
+from tts_model import OUT_OF_MEMORY, SAMPLE_RATE, TTSModel, release_memory  # noqa: E402
 from voices import VoiceError, VoiceLibrary  # noqa: E402
 
 log = logging.getLogger("f5tts.worker")
@@ -43,6 +44,7 @@ log = logging.getLogger("f5tts.worker")
 # RunPod caps a job's result at 20 MB; inline audio stays well below so /run and /runsync both carry it.
 MAX_INLINE_BASE64_BYTES = 10 * 1024 * 1024
 CLIENT_ERRORS = (InputError, VoiceError, audio.AudioError)
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 @dataclass
@@ -67,8 +69,10 @@ class Worker:
         """One job, start to finish; never raises, errors come back as ``{"error": str}``."""
         job_id = str(job.get("id", "local"))
         timings = Timings()
-        job_dir = make_job_dir(job_id)
+        job_dir: Path | None = None
+        out_of_memory = False
         try:
+            job_dir = make_job_dir(job_id)  # inside the try: a full disk fails the job, not the worker
             request = parse_request(job.get("input"))
             result = self._synthesize(job_id, request, job_dir, timings)
             log.info("job %s done: voice=%s format=%s audio=%.2fs timings=%s", job_id, request.voice,
@@ -79,12 +83,24 @@ class Worker:
             return {"error": str(err)}
         except (ClientError, BotoCoreError) as err:
             log.warning("job %s: S3 error: %s", job_id, err)
-            return {"error": f"S3 error: {err}"}
+            return {"error": s3_utils.describe_error(err, self.bucket.name)}
+        except OUT_OF_MEMORY as err:
+            log.error("job %s: out of memory: %s", job_id, err)
+            out_of_memory = True
+            return {"error": f"out of memory during synthesis ({type(err).__name__}); "
+                             "retry with shorter text or fewer concurrent jobs"}
         except Exception as err:  # noqa: BLE001 - one job's failure must not take the worker down
+            if isinstance(err, OSError) and err.errno in DISK_FULL:
+                log.error("job %s: scratch space exhausted: %s", job_id, err)
+                return {"error": f"scratch space exhausted in {scratch_root()} ({err.strerror}); "
+                                 "the job's files were removed, retry later or give the worker more disk"}
             log.exception("job %s failed", job_id)
             return {"error": f"internal error: {type(err).__name__}: {err}"}
         finally:
-            shutil.rmtree(job_dir, ignore_errors=True)
+            if job_dir is not None:
+                shutil.rmtree(job_dir, ignore_errors=True)
+            if out_of_memory:  # here, once the exception and the frames it holds are gone
+                release_memory()
 
     def _synthesize(self, job_id: str, request: SynthesisRequest, job_dir: Path, timings: Timings) -> dict[str, Any]:
         reference, cached = self.voices.get(request.voice, request.ref_text, job_dir, timings)
@@ -145,7 +161,7 @@ def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         WORKER = Worker.from_env()
-    except (ModelFilesMissing, ModelConfigError) as err:
+    except (ModelFilesMissing, ModelConfigError, ModelFilesCorrupt) as err:
         log.error("cannot start: %s", err)
         sys.exit(f"cannot start: {err}")
 

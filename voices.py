@@ -9,6 +9,7 @@ voice (new ETag) is picked up on its next use.
 from __future__ import annotations
 
 import logging
+import os
 import tomllib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -31,7 +32,10 @@ DEFAULT_VOICE = "default"
 REF_MAX_S = 12.0  # F5-TTS is trained on references of at most ~12 s; upstream clips there too
 REF_MIN_S = 0.5
 REF_TAIL_S = 0.05  # upstream appends 50 ms of silence to the reference
-MAX_VOICE_BYTES = 50 * 1024 * 1024
+# Limits on what a voice in the bucket may be, checked against the listing before any download.
+MAX_VOICE_BYTES = int(os.environ.get("VOICE_MAX_BYTES", str(50 * 1024 * 1024)))
+MAX_VOICE_SECONDS = float(os.environ.get("VOICE_MAX_SECONDS", "300"))  # only the first 12 s are used
+MAX_TRANSCRIPT_BYTES = 16 * 1024
 
 
 class VoiceError(ValueError):
@@ -60,7 +64,7 @@ def prepare_reference(path: Path, text: str) -> Reference:
     """Mono 24 kHz, clipped to 12 s, silence trimmed at the edges, 50 ms tail: upstream's
     ``preprocess_ref_audio_text`` without its temp files and without ffmpeg."""
     try:
-        wave, sr = audio.read_mono(path)
+        wave, sr = audio.read_mono(path, MAX_VOICE_SECONDS)
     except audio.AudioError as err:
         raise VoiceError(f"reference audio: {err}") from err
     wave = audio.resample(wave, sr, SAMPLE_RATE)[: int(REF_MAX_S * SAMPLE_RATE)]
@@ -119,15 +123,26 @@ class VoiceLibrary:
         clip = found[0]
         if clip["Size"] > MAX_VOICE_BYTES:
             raise VoiceError(f"voice {name!r} is {clip['Size']} bytes, over the {MAX_VOICE_BYTES}-byte limit")
+        if clip["Size"] == 0:
+            raise VoiceError(f"voice {name!r}: {clip['Key']} is empty")
         transcript = objects.get(f"{prefix}{name}.txt")
         if ref_text is None and transcript is None:
             raise VoiceError(f"voice {name!r} has no transcript {prefix}{name}.txt; upload one or pass ref_text")
+        if ref_text is None and transcript["Size"] > MAX_TRANSCRIPT_BYTES:
+            raise VoiceError(f"voice {name!r}: transcript {transcript['Key']} is {transcript['Size']} bytes, "
+                             f"over the {MAX_TRANSCRIPT_BYTES}-byte limit")
         text_key = ("override", ref_text) if ref_text is not None else ("etag", transcript["ETag"])
 
         def build() -> Reference:
             with timings.measure("fetch_voice"):
-                local = s3_utils.download_file(self.client, bucket, clip["Key"], workdir / Path(clip["Key"]).name)
-                text = ref_text if ref_text is not None else s3_utils.read_text(self.client, bucket, transcript["Key"])
+                try:
+                    local = s3_utils.download_file(self.client, bucket, clip["Key"], workdir / Path(clip["Key"]).name,
+                                                   max_bytes=MAX_VOICE_BYTES, etag=clip["ETag"])
+                    text = ref_text if ref_text is not None else s3_utils.read_text(self.client, bucket, transcript["Key"])
+                except s3_utils.ObjectTooLarge as err:
+                    raise VoiceError(f"voice {name!r}: {err}") from err
+                except UnicodeDecodeError as err:
+                    raise VoiceError(f"voice {name!r}: transcript {transcript['Key']} is not UTF-8 text") from err
             if not text.strip():
                 raise VoiceError(f"voice {name!r}: transcript {prefix}{name}.txt is empty")
             with timings.measure("prepare_reference"):
