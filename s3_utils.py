@@ -31,7 +31,8 @@ def make_client(settings: BucketSettings) -> BaseClient:
     config = Config(
         connect_timeout=CONNECT_TIMEOUT_S,
         read_timeout=READ_TIMEOUT_S,
-        retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+        # total_max_attempts counts the first try; botocore's max_attempts would count retries only
+        retries={"total_max_attempts": MAX_ATTEMPTS, "mode": "standard"},
         signature_version="s3v4",
         # Custom endpoints (R2, MinIO, RunPod's S3 API, moto) expect path-style addressing.
         s3={"addressing_style": "path" if settings.endpoint_url else "auto"},

@@ -146,7 +146,10 @@ class VoiceLibrary:
             if not text.strip():
                 raise VoiceError(f"voice {name!r}: transcript {prefix}{name}.txt is empty")
             with timings.measure("prepare_reference"):
-                reference = prepare_reference(local, text)
+                try:
+                    reference = prepare_reference(local, text)
+                except VoiceError as err:
+                    raise VoiceError(f"voice {name!r}: {err}") from None
             log.info("prepared voice %s from s3://%s/%s", name, bucket, clip["Key"])
             return reference
 
