@@ -23,6 +23,7 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -85,7 +86,10 @@ class Worker:
             log.warning("job %s: S3 error: %s", job_id, err)
             return {"error": s3_utils.describe_error(err, self.bucket.name)}
         except OUT_OF_MEMORY as err:
-            log.error("job %s: out of memory: %s", job_id, err)
+            log.error("job %s: out of memory: %s", job_id, str(err))
+            # The failed job's frames hold its tensors; clear them even if something (a log
+            # handler, an error reporter) keeps the exception alive.
+            traceback.clear_frames(err.__traceback__)
             out_of_memory = True
             return {"error": f"out of memory during synthesis ({type(err).__name__}); "
                              "retry with shorter text or fewer concurrent jobs"}

@@ -17,6 +17,7 @@ import torch
 
 from tests.conftest import ALICE_TEXT, TINY_ENV, TINY_HOME, encode_as, free_port, populate_bucket, reference_wav_bytes
 from tests.s3_servers import MotoProcess, S3Proxy
+from tests.tiny_models import REVISION as TINY_REVISION
 from tests.tiny_models import TINY_REPO, VOCODER_REPO
 
 FAST = {"nfe_step": 4, "seed": 3}
@@ -175,3 +176,103 @@ def test_unusable_voices_each_fail_clearly(start_worker, bucket_env, s3, moto_en
     assert set(worker.tmpdir.iterdir()) == at_start
     assert output_keys(s3, bucket) and len(output_keys(s3, bucket)) == 1
     proxy.close()
+
+
+def damage(hub: Path, repo: str, filename: str, how: str) -> Path:
+    """Break one file of a copied Hugging Face cache the way real caches break."""
+    link = hub / f"models--{repo.replace('/', '--')}" / "snapshots" / TINY_REVISION / filename
+    blob = link.resolve()
+    if how == "missing":
+        link.unlink()
+        blob.unlink()
+    elif how == "truncated":  # an interrupted download
+        blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
+    elif how == "corrupt":  # same size, wrong bytes (disk or copy error)
+        blob.write_bytes(bytes(range(256)) * (blob.stat().st_size // 256))
+    return link
+
+
+MODEL_CACHE_FAULTS = [
+    (TINY_REPO, "model.safetensors", "truncated", "cannot be loaded from"),
+    (TINY_REPO, "model.safetensors", "corrupt", "cannot be loaded from"),
+    (TINY_REPO, "vocab.txt", "missing", "is not in the Hugging Face cache"),
+    (VOCODER_REPO, "pytorch_model.bin", "missing", "is not in the Hugging Face cache"),
+    (VOCODER_REPO, "pytorch_model.bin", "truncated", "cannot be loaded from"),
+]
+
+
+def test_broken_model_cache_refuses_to_start_with_path_and_fix(start_worker, tmp_path):
+    workers = []
+    for i, (repo, filename, how, expected) in enumerate(MODEL_CACHE_FAULTS):
+        home = tmp_path / f"hf-{i}"
+        shutil.copytree(TINY_HOME / "hub", home / "hub", symlinks=True)
+        link = damage(home / "hub", repo, filename, how)
+        env = {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "1"}
+        workers.append((start_worker(env, wait=False), link, how, expected))
+    for worker, link, how, expected in workers:
+        assert worker.proc.wait(timeout=180) != 0
+        log = worker.log()
+        assert expected in log and "provision the volume" in log, log
+        assert (str(link) if how != "missing" else f"{link.parent.parent.parent.name}") in log or \
+            f"/{link.name}" in log, log
+        if how != "missing":
+            assert str(link.resolve()) in log  # the blob to delete, not only the snapshot link
+        assert "Traceback" not in log
+        assert list(worker.tmpdir.iterdir()) == []
+
+
+def test_scratch_space_exhausted_while_writing_output(start_worker):
+    """RLIMIT_FSIZE on the worker process stands in for a full /tmp: the write fails with EFBIG
+    (SIGXFSZ ignored, as a full disk fails with ENOSPC), the job gets a clear error, the partial
+    file goes with the job dir, and a smaller job then succeeds."""
+    limit = 400_000
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    worker = start_worker({}, preexec_fn=limit_file_size)
+    at_start = set(worker.tmpdir.iterdir())
+    long_text = "This sentence is here to make the output far larger than the limit. " * 3
+    full = worker.post("/runsync", job(text=long_text, output_format="wav"))
+    assert full["status"] == "FAILED", full
+    assert full["error"].startswith(f"scratch space exhausted in {worker.tmpdir} (File too large)"), full
+    small = worker.post("/runsync", job(output_format="mp3"))
+    assert small["status"] == "COMPLETED", small
+    assert set(worker.tmpdir.iterdir()) == at_start
+
+
+class OutOfMemoryOnce:
+    """The session's model, except that the first synthesis runs out of memory the way a CUDA
+    allocation does, holding a large tensor in a reference cycle (frame -> exception -> frame)
+    that only a garbage collection frees."""
+
+    def __init__(self, model):
+        self.model = model
+        self.hog: weakref.ref | None = None
+
+    def synthesize(self, *args):
+        if self.hog is None:
+            hog = torch.ones(25_000_000)  # 100 MB
+            self.hog = weakref.ref(hog)
+            err = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            raise err
+        return self.model.synthesize(*args)
+
+
+def test_out_of_memory_frees_memory_and_the_next_job_runs(make_worker, bucket_env, scratch, monkeypatch):
+    import runpod_handler
+    import tts_model
+
+    released = []
+    monkeypatch.setattr(runpod_handler, "release_memory", lambda: released.append(tts_model.release_memory()))
+    worker = make_worker(bucket_env)
+    worker.model = OutOfMemoryOnce(worker.model)
+    failed = worker.run({"id": "oom", "input": job(voice="alice")["input"]})
+    assert failed == {"error": "out of memory during synthesis (OutOfMemoryError); "
+                               "retry with shorter text or fewer concurrent jobs"}
+    # the tensor is freed before run() returns, although pytest's log capture keeps the exception
+    assert worker.model.hog() is None
+    assert len(released) == 1  # gc + CUDA cache release ran once (empty_cache is a no-op on CPU)
+    assert list(scratch.iterdir()) == []
+    assert "audio_key" in worker.run({"id": "after-oom", "input": job(voice="alice")["input"]})
