@@ -147,7 +147,7 @@ class Worker:
 
 def safe_job_id(job_id: str) -> str:
     """The job id reduced to ``[A-Za-z0-9_-]``: output keys derive from it and nothing else."""
-    return "".join(c for c in job_id if c.isalnum() or c in "-_")[:128] or "job"
+    return "".join(c for c in job_id if (c.isascii() and c.isalnum()) or c in "-_")[:128] or "job"
 
 
 WORKER: Worker | None = None
