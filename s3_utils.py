@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 from botocore.client import BaseClient
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError
 from botocore.exceptions import ConnectionError as S3ConnectionError
 
 from storage import BucketSettings
@@ -73,13 +73,11 @@ class ObjectTooLarge(ValueError):
     """A download grew past its cap (the object changed after it was listed)."""
 
 
-def download_file(client: BaseClient, bucket: str, key: str, path: Path, max_bytes: int | None = None,
-                  etag: str | None = None) -> Path:
-    """``key`` into ``path`` in one GET. With ``etag``, only that version (S3 answers 412 if the
-    object was replaced since it was listed); with ``max_bytes``, the body is cut off and
-    :class:`ObjectTooLarge` raised once it passes the cap, whatever the listing said."""
-    extra = {"IfMatch": etag} if etag else {}
-    body = client.get_object(Bucket=bucket, Key=key, **extra)["Body"]
+def download_file(client: BaseClient, bucket: str, key: str, path: Path, max_bytes: int | None = None) -> Path:
+    """``key`` into ``path`` in one GET. With ``max_bytes``, the body is cut off and
+    :class:`ObjectTooLarge` raised once it passes the cap, whatever size the listing showed (the
+    object may have been replaced since)."""
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
     written = 0
     try:
         with path.open("wb") as out:
@@ -126,9 +124,7 @@ def describe_error(err: ClientError | BotoCoreError, bucket: str | None) -> str:
                     "ExpiredToken"):
             return (f"S3 error: the bucket refused the credentials ({code}); check BUCKET_ACCESS_KEY_ID, "
                     f"BUCKET_SECRET_ACCESS_KEY and their permissions on {bucket!r}")
-        if code in ("PreconditionFailed", "412"):
-            return "S3 error: the object changed while it was being read; retry the job"
         return f"S3 error: {err}"
-    if isinstance(err, (S3ConnectionError, HTTPClientError)):
+    if isinstance(err, (S3ConnectionError, HTTPClientError, IncompleteReadError)):
         return f"S3 error: endpoint unreachable or connection lost ({type(err).__name__}: {err})"
     return f"S3 error: {type(err).__name__}: {err}"

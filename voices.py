@@ -137,7 +137,7 @@ class VoiceLibrary:
             with timings.measure("fetch_voice"):
                 try:
                     local = s3_utils.download_file(self.client, bucket, clip["Key"], workdir / Path(clip["Key"]).name,
-                                                   max_bytes=MAX_VOICE_BYTES, etag=clip["ETag"])
+                                                   max_bytes=MAX_VOICE_BYTES)
                     text = ref_text if ref_text is not None else s3_utils.read_text(self.client, bucket, transcript["Key"])
                 except s3_utils.ObjectTooLarge as err:
                     raise VoiceError(f"voice {name!r}: {err}") from err

@@ -176,13 +176,12 @@ def _send(sock: socket.socket, data: bytes) -> bool:
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with an RST (linger 0), as a dead endpoint's host does."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    try:
-        sock.close()
-    except OSError:
-        pass
+    """Close with an RST (linger 0), as a dead endpoint's host does. ``shutdown`` first: a plain
+    ``close`` would wait for the other pump thread's blocked ``recv`` and the peer would see nothing."""
+    for step in (lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)),
+                 lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
+        try:
+            step()
+        except OSError:
+            pass
 

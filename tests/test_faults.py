@@ -33,6 +33,11 @@ def output_keys(s3, bucket: str) -> list[str]:
     return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="outputs/").get("Contents", [])]
 
 
+def observed(fault: str, outcome: str, seconds: float, retries: int) -> None:
+    """One row of the fault table in the report (``pytest -s tests/test_faults.py | grep OBSERVED``)."""
+    print(f"OBSERVED | {fault} | {outcome} | {seconds:.2f} s | {retries} reconnects refused")
+
+
 def timed(call, *args):
     started = time.monotonic()
     result = call(*args)
@@ -51,11 +56,13 @@ def test_s3_endpoint_down_during_download_and_upload_then_back(start_worker, buc
     assert failed["status"] == "FAILED", failed
     assert failed["error"].startswith("S3 error: endpoint unreachable or connection lost"), failed
     assert seconds < 15
+    observed("S3 cut 16 KB into the voice download", failed["error"], seconds, 0)
     # Still down: the next job's listing is retried S3_MAX_ATTEMPTS times with backoff, then fails.
     refused = proxy.refused
     down, seconds = timed(worker.post, "/runsync", job(voice="carol"))
     assert down["status"] == "FAILED" and "endpoint unreachable" in down["error"], down
     assert proxy.refused - refused == 3 and seconds < 15
+    observed("S3 down at the next job's listing", down["error"], seconds, proxy.refused - refused)
     proxy.restore()
     back = worker.post("/runsync", job(voice="bob"))
     assert back["status"] == "COMPLETED", back
@@ -68,9 +75,12 @@ def test_s3_endpoint_down_during_download_and_upload_then_back(start_worker, buc
     assert failed["status"] == "FAILED" and "endpoint unreachable" in failed["error"], failed
     assert proxy.refused - refused == 2 and seconds < 15  # the cut attempt + 2 retries
     assert not [k for k in output_keys(s3, bucket) if queued["id"] in k]  # no partial object
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")  # and no orphaned parts
+    observed("S3 cut 2 KB into the output PUT", failed["error"], seconds, proxy.refused - refused)
     proxy.restore()
     again = worker.post("/runsync", job(voice="alice"))
     assert again["status"] == "COMPLETED", again
+    observed("S3 back: next jobs", f"{back['status']}, {again['status']}", 0, 0)
     assert sorted(output_keys(s3, bucket)) == sorted([back["output"]["audio_key"], again["output"]["audio_key"]])
     assert set(worker.tmpdir.iterdir()) == at_start
     proxy.close()
@@ -96,6 +106,7 @@ def test_refused_credentials_fail_s3_jobs_only(start_worker, tmp_path):
         assert refused["status"] == "FAILED", refused
         assert "refused the credentials (SignatureDoesNotMatch)" in refused["error"]
         assert "BUCKET_SECRET_ACCESS_KEY" in refused["error"] and seconds < 10  # a 403 is not retried
+        observed("wrong secret key (moto enforcing SigV4)", refused["error"], seconds, 0)
         inline = worker.post("/runsync", job(return_base64=True))
         assert inline["status"] == "COMPLETED" and "audio_base64" in inline["output"], inline
         assert set(worker.tmpdir.iterdir()) == at_start
@@ -112,6 +123,7 @@ def test_missing_bucket_is_named(make_worker, bucket_env, scratch):
     assert error == ("S3 error: bucket 'no-such-bucket-anywhere' does not exist "
                      "(check BUCKET_NAME and BUCKET_ENDPOINT_URL)")
     assert list(scratch.iterdir()) == []
+    observed("missing bucket", error, 0, 0)
 
 
 def bad_voices() -> dict[str, bytes]:
@@ -169,6 +181,7 @@ def test_unusable_voices_each_fail_clearly(start_worker, bucket_env, s3, moto_en
     for voice, expected in BAD_VOICE_ERRORS.items():
         result = worker.post("/runsync", job(voice=voice))
         assert result["status"] == "FAILED" and expected in result["error"], (voice, result)
+        observed(f"voice {voice!r}", result["error"], 0, 0)
     # refused from the listing's sizes, before any download
     assert not [r for r in proxy.requests if r.startswith(f"GET /{bucket}/voices/") and
                 any(n in r for n in ("huge.wav", "empty.wav", "bigtext.txt"))], proxy.requests
@@ -214,6 +227,7 @@ def test_broken_model_cache_refuses_to_start_with_path_and_fix(start_worker, tmp
         assert all(path in log for path in named), (named, log)  # for a bad file, the blob to delete too
         assert "Traceback" not in log
         assert list(worker.tmpdir.iterdir()) == []
+        observed(f"model cache: {named[0].split('/')[-1]}", log.strip().splitlines()[-1][:160] + "...", 0, 0)
 
 
 def test_scratch_space_exhausted_while_writing_output(start_worker):
@@ -234,6 +248,7 @@ def test_scratch_space_exhausted_while_writing_output(start_worker):
     assert full["error"].startswith(f"scratch space exhausted in {worker.tmpdir} (File too large)"), full
     small = worker.post("/runsync", job(output_format="mp3"))
     assert small["status"] == "COMPLETED", small
+    observed("RLIMIT_FSIZE 400 kB, wav output", f"{full['error']} / next job {small['status']}", 0, 0)
     assert set(worker.tmpdir.iterdir()) == at_start
 
 
@@ -271,3 +286,4 @@ def test_out_of_memory_frees_memory_and_the_next_job_runs(make_worker, bucket_en
     assert len(released) == 1  # gc + CUDA cache release ran once (empty_cache is a no-op on CPU)
     assert list(scratch.iterdir()) == []
     assert "audio_key" in worker.run({"id": "after-oom", "input": job(voice="alice")["input"]})
+    observed("torch.OutOfMemoryError in synthesize", f"{failed['error']} / 100 MB freed / next job ok", 0, 0)
