@@ -115,7 +115,12 @@ class S3Proxy:
                 self.refused += 1
                 _reset(client)
                 continue
-            upstream = socket.create_connection(self.upstream)
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=10)
+                upstream.settimeout(None)
+            except OSError:  # moto itself unreachable: this connection fails, the proxy goes on
+                _reset(client)
+                continue
             with self._lock:
                 self._sockets |= {client, upstream}
             state = {"cut_response_after": None}
