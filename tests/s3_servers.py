@@ -66,7 +66,8 @@ class S3Proxy:
 
     ``cut()`` takes the endpoint down: open connections are dropped and new ones are accepted and
     reset at once (counted in ``refused``), which is what a client sees of a dead S3 endpoint
-    behind a load balancer. ``cut_during()`` arms a cut for the middle of a transfer: after the
+    behind a load balancer. ``stall()`` makes it hang instead: open connections are dropped and
+    new ones are accepted and then never answered (counted in ``stalled``). ``cut_during()`` arms a cut for the middle of a transfer: after the
     first ``after_bytes`` of the request (an upload's body) or of the response (a download's
     body) to the first request whose request line matches ``pattern``. ``requests`` lists every
     ``"METHOD /path"`` that reached S3 through the proxy.
@@ -79,7 +80,9 @@ class S3Proxy:
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.requests: list[str] = []
         self.refused = 0
+        self.stalled = 0
         self.down = False
+        self.hanging = False
         self._trigger: tuple[re.Pattern[str], str, int] | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -92,10 +95,18 @@ class S3Proxy:
         for sock in sockets:
             _reset(sock)
 
+    def stall(self) -> None:
+        self.hanging = True
+        self.cut()
+        self.down = False
+
     def restore(self) -> None:
         with self._lock:
-            self.down = False
+            self.down = self.hanging = False
             self._trigger = None
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:  # connections held by a stall
+            _reset(sock)
 
     def cut_during(self, pattern: str, direction: str, after_bytes: int) -> None:
         assert direction in ("request", "response")
@@ -114,6 +125,11 @@ class S3Proxy:
             if self.down:
                 self.refused += 1
                 _reset(client)
+                continue
+            if self.hanging:
+                self.stalled += 1
+                with self._lock:
+                    self._sockets.add(client)
                 continue
             try:
                 upstream = socket.create_connection(self.upstream, timeout=10)

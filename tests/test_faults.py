@@ -22,7 +22,7 @@ from tests.tiny_models import TINY_REPO, VOCODER_REPO
 
 FAST = {"nfe_step": 4, "seed": 3}
 # Retries and timeouts tightened so the bounded-retry timings below stay short.
-S3_LIMITS = {"S3_MAX_ATTEMPTS": "3", "S3_CONNECT_TIMEOUT_S": "2", "S3_READ_TIMEOUT_S": "5"}
+S3_LIMITS = {"S3_MAX_ATTEMPTS": "3", "S3_CONNECT_TIMEOUT_S": "2", "S3_READ_TIMEOUT_S": "2"}
 
 
 def job(**fields) -> dict:
@@ -35,7 +35,7 @@ def output_keys(s3, bucket: str) -> list[str]:
 
 def observed(fault: str, outcome: str, seconds: float, retries: int) -> None:
     """One row of the fault table in the report (``pytest -s tests/test_faults.py | grep OBSERVED``)."""
-    print(f"OBSERVED | {fault} | {outcome} | {seconds:.2f} s | {retries} reconnects refused")
+    print(f"OBSERVED | {fault} | {outcome} | {seconds:.2f} s | {retries} connections met the dead endpoint")
 
 
 def timed(call, *args):
@@ -81,7 +81,17 @@ def test_s3_endpoint_down_during_download_and_upload_then_back(start_worker, buc
     again = worker.post("/runsync", job(voice="alice"))
     assert again["status"] == "COMPLETED", again
     observed("S3 back: next jobs", f"{back['status']}, {again['status']}", 0, 0)
-    assert sorted(output_keys(s3, bucket)) == sorted([back["output"]["audio_key"], again["output"]["audio_key"]])
+
+    # Hung endpoint (connections accepted, never answered): each attempt ends at the read timeout.
+    proxy.stall()
+    hung, seconds = timed(worker.post, "/runsync", job(voice="carol"))
+    assert hung["status"] == "FAILED" and "ReadTimeoutError" in hung["error"], hung
+    assert proxy.stalled == 3 and 3 * 2 <= seconds < 3 * 2 + 5  # 3 attempts x S3_READ_TIMEOUT_S + backoff
+    observed("S3 hangs (accepts, never answers)", hung["error"], seconds, proxy.stalled)
+    proxy.restore()
+    last = worker.post("/runsync", job(voice="carol"))
+    assert last["status"] == "COMPLETED", last
+    assert sorted(output_keys(s3, bucket)) == sorted(r["output"]["audio_key"] for r in (back, again, last))
     assert set(worker.tmpdir.iterdir()) == at_start
     proxy.close()
 
