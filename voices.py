@@ -32,7 +32,8 @@ DEFAULT_VOICE = "default"
 REF_MAX_S = 12.0  # F5-TTS is trained on references of at most ~12 s; upstream clips there too
 REF_MIN_S = 0.5
 REF_TAIL_S = 0.05  # upstream appends 50 ms of silence to the reference
-# Limits on what a voice in the bucket may be, checked against the listing before any download.
+# Limits on a voice in the bucket. Sizes are checked against the listing before any download (and
+# the download is cut at the cap); the duration from the file's header, before decoding.
 MAX_VOICE_BYTES = int(os.environ.get("VOICE_MAX_BYTES", str(50 * 1024 * 1024)))
 MAX_VOICE_SECONDS = float(os.environ.get("VOICE_MAX_SECONDS", "300"))  # only the first 12 s are used
 MAX_TRANSCRIPT_BYTES = 16 * 1024
