@@ -52,6 +52,12 @@ def test_hostile_voices_never_reach_s3_and_no_secret_leaks(start_worker, bucket_
     for voice, result in zip(HOSTILE_VOICES, responses):
         print(f"OBSERVED | voice {ascii(voice)[:40]} | {result['error'][:60]} | S3 requests: {len(proxy.requests)}")
 
+    # Bytes that are not UTF-8 at all never reach the handler: the SDK's HTTP layer refuses them.
+    invalid = requests.post(f"{worker.url}/runsync", data=b'{"input": {"text": "caf\xe9 \xff"}}',
+                            headers={"content-type": "application/json"}, timeout=60)
+    print(f"OBSERVED | body with invalid UTF-8 bytes | HTTP {invalid.status_code}: {invalid.text[:80]}")
+    assert 400 <= invalid.status_code < 500, invalid.text
+
     good = worker.post("/runsync", {"input": {"text": "Hello.", "voice": "alice", **FAST}})
     assert good["status"] == "COMPLETED", good
     assert any(r.startswith(f"GET /{bucket_env['BUCKET_NAME']}/voices/alice.wav") for r in proxy.requests)
