@@ -6,6 +6,7 @@ free of ffmpeg and the torchcodec/pydub paths that need it.
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +46,17 @@ class AudioError(ValueError):
     """Audio that cannot be used; the message is safe to show to the client."""
 
 
-def read_mono(path: Path) -> tuple[np.ndarray, int]:
-    """Decode any libsndfile format to mono float32."""
+def read_mono(path: Path, max_seconds: float = float("inf")) -> tuple[np.ndarray, int]:
+    """Decode any libsndfile format to mono float32. The duration in the header is checked
+    first, so a file over ``max_seconds`` is refused before it is decoded into memory."""
     try:
-        wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        duration = sf.info(str(path)).duration
+        if duration <= max_seconds:
+            wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as err:
         raise AudioError(f"not decodable audio ({err.__class__.__name__})") from err
+    if duration > max_seconds:
+        raise AudioError(f"audio is {duration:.1f} s long, over the {max_seconds:g} s limit")
     if wave.size == 0:
         raise AudioError("audio is empty")
     return wave.mean(axis=1), sr
@@ -109,9 +115,15 @@ def shorten_silences(wave: np.ndarray, sr: int, min_silence_ms: int = 1000, thre
 
 
 def write(wave: np.ndarray, sr: int, fmt: str, target: Path | BinaryIO) -> None:
+    """Encode in memory, then write: a full disk or a file-size limit then raises ``OSError``
+    with its errno (ENOSPC, EFBIG), which libsndfile would blur into "System error"."""
     spec = OUTPUT_FORMATS[fmt]
-    sf.write(str(target) if isinstance(target, Path) else target, np.clip(wave, -1.0, 1.0), sr,
-             format=spec.container, subtype=spec.subtype, endian=spec.endian)
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(wave, -1.0, 1.0), sr, format=spec.container, subtype=spec.subtype, endian=spec.endian)
+    if isinstance(target, Path):
+        target.write_bytes(buffer.getbuffer())
+    else:
+        target.write(buffer.getbuffer())
 
 
 def streaming_wav_header(sr: int) -> bytes:

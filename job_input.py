@@ -10,6 +10,7 @@ import base64
 import binascii
 import os
 import random
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ MAX_REF_TEXT_CHARS = 1000
 MAX_TEXTS = int(os.environ.get("MAX_TEXTS", "16"))
 MAX_URL_CHARS = 2048
 SEED_MAX = 2**32 - 1
+FIELD_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # field: (type, low, high) for every numeric synthesis parameter
 NUMERIC_FIELDS: dict[str, tuple[type, float, float]] = {
@@ -206,7 +208,7 @@ def parse_delete_voice(raw: dict[str, Any]) -> DeleteVoiceRequest:
 
 
 def _check_fields(raw: dict, known: set[str]) -> None:
-    unknown = sorted(str(k) for k in raw if k not in known)
+    unknown = sorted(_printable(k) for k in raw if k not in known)
     if unknown:
         accepted = ", ".join(sorted(known)) or "none"
         raise InputError(unknown[0], f"unknown field (accepted: {accepted})")
@@ -237,6 +239,14 @@ def _texts(raw: dict) -> tuple[str, ...]:
     if total > MAX_TEXT_CHARS:
         raise InputError("texts", f"are {total} characters together, over the limit of {MAX_TEXT_CHARS}")
     return texts
+
+
+def _printable(key: object) -> str:
+    """An unknown field's name as it can be echoed in an error: plain names as they are, anything
+    else (non-strings, control characters, lone surrogates, megabyte keys) escaped and cut short."""
+    if isinstance(key, str) and FIELD_NAME.fullmatch(key):
+        return key
+    return ascii(key)[:66]
 
 
 def _text(raw: dict, name: str, max_chars: int, required: bool) -> str | None:

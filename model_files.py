@@ -46,6 +46,19 @@ class ModelConfigError(ValueError):
     """The model settings (F5TTS_* variables or the config file) are unusable."""
 
 
+class ModelFilesCorrupt(RuntimeError):
+    """A model file is present but cannot be loaded (truncated download, disk error, wrong file)."""
+
+    def __init__(self, what: str, paths: list[Path], err: BaseException):
+        # A Hugging Face snapshot entry is a symlink to a blob: deleting only the link would let
+        # the hub client relink the same bad blob, so the message names the blob too.
+        named = ", ".join(f"{p} (blob {p.resolve()})" if p.is_symlink() else str(p) for p in paths)
+        super().__init__(
+            f"{what} cannot be loaded from {named}: {type(err).__name__}: {_first_line(err)}. "
+            "The file is truncated or corrupt: delete it and provision the volume again"
+        )
+
+
 @dataclass(frozen=True)
 class HubFile:
     """``hf://owner/repo/path/in/repo`` split into repo id and filename."""

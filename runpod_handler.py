@@ -18,6 +18,7 @@ CACHE = apply_cache_env()  # before anything imports huggingface_hub
 
 import asyncio  # noqa: E402
 import base64  # noqa: E402
+import errno  # noqa: E402
 import io  # noqa: E402
 import itertools  # noqa: E402
 import logging  # noqa: E402
@@ -25,6 +26,7 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 from collections.abc import AsyncIterator, Callable  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -47,10 +49,10 @@ from job_input import (  # noqa: E402
     UploadVoiceRequest,
     parse_job,
 )
-from model_files import ModelConfigError, ModelFilesMissing, ModelSources  # noqa: E402
-from storage import BucketSettings, make_job_dir  # noqa: E402
+from model_files import ModelConfigError, ModelFilesCorrupt, ModelFilesMissing, ModelSources  # noqa: E402
+from storage import BucketSettings, make_job_dir, scratch_root  # noqa: E402
 from timings import Timings  # noqa: E402
-from tts_model import SAMPLE_RATE, TTSModel  # noqa: E402
+from tts_model import OUT_OF_MEMORY, SAMPLE_RATE, TTSModel, release_memory  # noqa: E402
 from voices import MAX_UPLOAD_BYTES, VoiceError, VoiceLibrary  # noqa: E402
 
 log = logging.getLogger("f5tts.worker")
@@ -58,6 +60,7 @@ log = logging.getLogger("f5tts.worker")
 # RunPod caps a job's result at 20 MB; inline audio stays well below so /run and /runsync both carry it.
 MAX_INLINE_BASE64_BYTES = 10 * 1024 * 1024
 CLIENT_ERRORS = (InputError, VoiceError, audio.AudioError)
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 # A streamed item holds at most 8 s of 16-bit PCM: 384 KB, 512 KB as base64, well under RunPod's
 # 1 MB limit on one stream chunk.
 STREAM_PIECE_SAMPLES = 8 * SAMPLE_RATE
@@ -97,8 +100,10 @@ class Worker:
         """
         job_id = str(job.get("id", "local"))
         timings = Timings()
-        job_dir = make_job_dir(job_id)
+        job_dir: Path | None = None
+        out_of_memory = False
         try:
+            job_dir = make_job_dir(job_id)  # inside the try: a full disk fails the job, not the worker
             request = parse_job(job.get("input"))
             result = self._dispatch(job_id, request, job_dir, timings, progress, emit)
             log.info("job %s done: %s timings=%s", job_id, type(request).__name__, result["timings_ms"])
@@ -108,12 +113,27 @@ class Worker:
             return {"error": str(err)}
         except (ClientError, BotoCoreError) as err:
             log.warning("job %s: S3 error: %s", job_id, err)
-            return {"error": f"S3 error: {err}"}
+            return {"error": s3_utils.describe_error(err, self.bucket.name)}
+        except OUT_OF_MEMORY as err:
+            log.error("job %s: out of memory: %s", job_id, str(err))
+            # The failed job's frames hold its tensors; clear them even if something (a log
+            # handler, an error reporter) keeps the exception alive.
+            traceback.clear_frames(err.__traceback__)
+            out_of_memory = True
+            return {"error": f"out of memory during synthesis ({type(err).__name__}); "
+                             "retry with shorter text or fewer concurrent jobs"}
         except Exception as err:  # noqa: BLE001 - one job's failure must not take the worker down
+            if isinstance(err, OSError) and err.errno in DISK_FULL:
+                log.error("job %s: scratch space exhausted: %s", job_id, err)
+                return {"error": f"scratch space exhausted in {scratch_root()} ({err.strerror}); "
+                                 "the job's files were removed, retry later or give the worker more disk"}
             log.exception("job %s failed", job_id)
             return {"error": f"internal error: {type(err).__name__}: {err}"}
         finally:
-            shutil.rmtree(job_dir, ignore_errors=True)
+            if job_dir is not None:
+                shutil.rmtree(job_dir, ignore_errors=True)
+            if out_of_memory:  # here, once the exception and the frames it holds are gone
+                release_memory()
 
     def _dispatch(self, job_id: str, request: JobRequest, job_dir: Path, timings: Timings,
                   progress: Progress | None, emit: Emit | None) -> dict[str, Any]:
@@ -261,7 +281,7 @@ def output_stem(job_id: str, request: SynthesisRequest, index: int) -> str:
 
 def safe_job_id(job_id: str) -> str:
     """The job id reduced to ``[A-Za-z0-9_-]``: output keys derive from it and nothing else."""
-    return "".join(c for c in job_id if c.isalnum() or c in "-_")[:128] or "job"
+    return "".join(c for c in job_id if (c.isascii() and c.isalnum()) or c in "-_")[:128] or "job"
 
 
 WORKER: Worker | None = None
@@ -313,7 +333,7 @@ def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         WORKER = Worker.from_env()
-    except (ModelFilesMissing, ModelConfigError) as err:
+    except (ModelFilesMissing, ModelConfigError, ModelFilesCorrupt) as err:
         log.error("cannot start: %s", err)
         sys.exit(f"cannot start: {err}")
 

@@ -2,7 +2,8 @@
 
 Credentials come from ``BUCKET_ACCESS_KEY_ID``/``BUCKET_SECRET_ACCESS_KEY`` when set, else from
 boto3's normal AWS credential chain. Retries and timeouts are bounded so a dead endpoint fails a
-job in seconds instead of hanging the worker.
+job in seconds instead of hanging the worker, and no failure leaves half an object behind:
+outputs go up in one PUT (S3 stores all of it or nothing), voices come down with a size cap.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 import boto3
 from botocore.client import BaseClient
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError
+from botocore.exceptions import ConnectionError as S3ConnectionError
 
 from storage import BucketSettings
 
@@ -29,7 +31,8 @@ def make_client(settings: BucketSettings, max_attempts: int = MAX_ATTEMPTS) -> B
     config = Config(
         connect_timeout=CONNECT_TIMEOUT_S,
         read_timeout=READ_TIMEOUT_S,
-        retries={"max_attempts": max_attempts, "mode": "standard"},
+        # total_max_attempts counts the first try; botocore's max_attempts would count retries only
+        retries={"total_max_attempts": max_attempts, "mode": "standard"},
         signature_version="s3v4",
         # Custom endpoints (R2, MinIO, RunPod's S3 API, moto) expect path-style addressing.
         s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
@@ -66,8 +69,25 @@ def check_s3_object_exists(client: BaseClient, bucket: str, key: str) -> bool:
     return True
 
 
-def download_file(client: BaseClient, bucket: str, key: str, path: Path) -> Path:
-    client.download_file(bucket, key, str(path))
+class ObjectTooLarge(ValueError):
+    """A download grew past its cap (the object changed after it was listed)."""
+
+
+def download_file(client: BaseClient, bucket: str, key: str, path: Path, max_bytes: int | None = None) -> Path:
+    """``key`` into ``path`` in one GET. With ``max_bytes``, the body is cut off and
+    :class:`ObjectTooLarge` raised once it passes the cap, whatever size the listing showed (the
+    object may have been replaced since)."""
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    written = 0
+    try:
+        with path.open("wb") as out:
+            for chunk in body.iter_chunks(1024 * 1024):
+                written += len(chunk)
+                if max_bytes is not None and written > max_bytes:
+                    raise ObjectTooLarge(f"s3://{bucket}/{key} is over the {max_bytes}-byte limit")
+                out.write(chunk)
+    finally:
+        body.close()
     return path
 
 
@@ -85,7 +105,11 @@ def put_text(client: BaseClient, bucket: str, key: str, text: str, content_type:
 
 
 def upload_file(client: BaseClient, bucket: str, key: str, path: Path, content_type: str) -> None:
-    client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type})
+    """One PUT, not a multipart upload: S3 makes the object visible only once the whole body has
+    arrived, so a connection lost mid-upload leaves no partial object and no orphaned parts
+    (a multipart upload whose abort also fails would). Outputs are far below the 5 GB PUT limit."""
+    with path.open("rb") as body:
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
 
 
 def delete_objects(client: BaseClient, bucket: str, keys: list[str]) -> None:
@@ -102,3 +126,20 @@ def presigned_url(client: BaseClient, bucket: str, key: str, expires_s: int = PR
     return client.generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s
     )
+
+
+def describe_error(err: ClientError | BotoCoreError, bucket: str | None) -> str:
+    """What went wrong with S3, for the job's ``error``: the cause and what to check, never a
+    credential (botocore's messages name operations, codes and URLs, not keys)."""
+    if isinstance(err, ClientError):
+        code = err.response.get("Error", {}).get("Code", "")
+        if code == "NoSuchBucket":
+            return f"S3 error: bucket {bucket!r} does not exist (check BUCKET_NAME and BUCKET_ENDPOINT_URL)"
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
+                    "ExpiredToken"):
+            return (f"S3 error: the bucket refused the credentials ({code}); check BUCKET_ACCESS_KEY_ID, "
+                    f"BUCKET_SECRET_ACCESS_KEY and their permissions on {bucket!r}")
+        return f"S3 error: {err}"
+    if isinstance(err, (S3ConnectionError, HTTPClientError, IncompleteReadError)):
+        return f"S3 error: endpoint unreachable or connection lost ({type(err).__name__}: {err})"
+    return f"S3 error: {type(err).__name__}: {err}"

@@ -6,23 +6,24 @@ device, where the files come from, and holds the one instance the worker uses.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from model_files import ModelSources, ResolvedModel, resolve_model
+from model_files import ModelFilesCorrupt, ModelSources, ResolvedModel, resolve_model
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24_000  # F5-TTS and Vocos both work at 24 kHz
 MAX_CONTEXT_S = 22.0  # upstream's budget of reference + generated seconds per chunk
+OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
 
 # on_chunk(chunk number from 1, chunk count, the audio that chunk made final)
 ChunkCallback = Callable[[int, int, np.ndarray], None]
@@ -71,15 +72,22 @@ class TTSModel:
         device = device or pick_device()
         started = time.perf_counter()
         resolved = resolve_model(sources, cache_dir, allow_download, fallbacks)
-        vocoder = load_vocoder("vocos", is_local=True, local_path=str(resolved.vocoder_dir), device=device)
-        model = load_model(
-            getattr(f5_models, resolved.backbone),
-            resolved.arch,
-            str(resolved.checkpoint),
-            mel_spec_type="vocos",
-            vocab_file=str(resolved.vocab or ""),
-            device=device,
-        )
+        try:
+            vocoder = load_vocoder("vocos", is_local=True, local_path=str(resolved.vocoder_dir), device=device)
+        except Exception as err:  # noqa: BLE001 - whatever the loader trips on, the file is the cause
+            raise ModelFilesCorrupt("the vocoder", sorted(resolved.vocoder_dir.iterdir()), err) from err
+        try:
+            model = load_model(
+                getattr(f5_models, resolved.backbone),
+                resolved.arch,
+                str(resolved.checkpoint),
+                mel_spec_type="vocos",
+                vocab_file=str(resolved.vocab or ""),
+                device=device,
+            )
+        except Exception as err:  # noqa: BLE001
+            files = [resolved.checkpoint, *([resolved.vocab] if resolved.vocab else [])]
+            raise ModelFilesCorrupt(f"the {resolved.name} model", files, err) from err
         log.info(
             "loaded %s (%s) from %s on %s in %.2fs",
             resolved.name, resolved.backbone, resolved.checkpoint, device, time.perf_counter() - started,
@@ -164,3 +172,11 @@ class CrossFader:
     def finish(self) -> np.ndarray:
         held, self._held = self._held, None
         return held if held is not None else np.zeros(0, dtype=np.float32)
+
+
+def release_memory() -> None:
+    """After an out-of-memory error: collect what the failed job left (tensors held by reference
+    cycles) and hand the CUDA allocator's cached blocks back, so the next job starts clean."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

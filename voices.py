@@ -9,6 +9,7 @@ voice (new ETag) is picked up on its next use.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tomllib
 from collections import OrderedDict
@@ -34,7 +35,11 @@ DEFAULT_VOICE = "default"
 REF_MAX_S = 12.0  # F5-TTS is trained on references of at most ~12 s; upstream clips there too
 REF_MIN_S = 0.5
 REF_TAIL_S = 0.05  # upstream appends 50 ms of silence to the reference
-MAX_VOICE_BYTES = 50 * 1024 * 1024
+# Limits on a voice in the bucket. Sizes are checked against the listing before any download (and
+# the download is cut at the cap); the duration from the file's header, before decoding.
+MAX_VOICE_BYTES = int(os.environ.get("VOICE_MAX_BYTES", str(50 * 1024 * 1024)))
+MAX_VOICE_SECONDS = float(os.environ.get("VOICE_MAX_SECONDS", "300"))  # only the first 12 s are used
+MAX_TRANSCRIPT_BYTES = 16 * 1024
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # an uploaded clip, before conversion (base64 or URL)
 VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
@@ -65,7 +70,7 @@ def clean_reference_wave(path: Path) -> tuple[np.ndarray, float]:
     """Mono 24 kHz, clipped to 12 s, silence trimmed at the edges; also the source's length in
     seconds, to tell when the clip was cut."""
     try:
-        wave, sr = audio.read_mono(path)
+        wave, sr = audio.read_mono(path, MAX_VOICE_SECONDS)
     except audio.AudioError as err:
         raise VoiceError(f"reference audio: {err}") from err
     source_s = len(wave) / sr
@@ -207,21 +212,35 @@ class VoiceLibrary:
             raise VoiceError(f"voice {name!r} not found: no {prefix}{name}.{{{','.join(audio.VOICE_EXTENSIONS)}}} in the bucket")
         if clip["Size"] > MAX_VOICE_BYTES:
             raise VoiceError(f"voice {name!r} is {clip['Size']} bytes, over the {MAX_VOICE_BYTES}-byte limit")
+        if clip["Size"] == 0:
+            raise VoiceError(f"voice {name!r}: {clip['Key']} is empty")
         transcript = objects.get(f"{prefix}{name}.txt")
         if ref_text is None and transcript is None:
             if self.recognizer is None:
                 raise VoiceError(f"voice {name!r} has no transcript {prefix}{name}.txt; upload one or pass ref_text")
             return self._transcribed(name, clip, workdir, timings)
+        if ref_text is None and transcript["Size"] > MAX_TRANSCRIPT_BYTES:
+            raise VoiceError(f"voice {name!r}: transcript {transcript['Key']} is {transcript['Size']} bytes, "
+                             f"over the {MAX_TRANSCRIPT_BYTES}-byte limit")
         text_key = ("override", ref_text) if ref_text is not None else ("etag", transcript["ETag"])
 
         def build() -> Reference:
             with timings.measure("fetch_voice"):
-                local = s3_utils.download_file(self.client, bucket, clip["Key"], workdir / Path(clip["Key"]).name)
-                text = ref_text if ref_text is not None else s3_utils.read_text(self.client, bucket, transcript["Key"])
+                try:
+                    local = s3_utils.download_file(self.client, bucket, clip["Key"], workdir / Path(clip["Key"]).name,
+                                                   max_bytes=MAX_VOICE_BYTES)
+                    text = ref_text if ref_text is not None else s3_utils.read_text(self.client, bucket, transcript["Key"])
+                except s3_utils.ObjectTooLarge as err:
+                    raise VoiceError(f"voice {name!r}: {err}") from err
+                except UnicodeDecodeError as err:
+                    raise VoiceError(f"voice {name!r}: transcript {transcript['Key']} is not UTF-8 text") from err
             if not text.strip():
                 raise VoiceError(f"voice {name!r}: transcript {prefix}{name}.txt is empty")
             with timings.measure("prepare_reference"):
-                reference = prepare_reference(local, text)
+                try:
+                    reference = prepare_reference(local, text)
+                except VoiceError as err:
+                    raise VoiceError(f"voice {name!r}: {err}") from None
             log.info("prepared voice %s from s3://%s/%s", name, bucket, clip["Key"])
             return reference
 

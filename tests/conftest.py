@@ -101,8 +101,13 @@ def bucket_env(moto_endpoint: str) -> dict[str, str]:
     from storage import BucketSettings
 
     env = {"BUCKET_NAME": f"test-{uuid.uuid4().hex[:12]}", "BUCKET_ENDPOINT_URL": moto_endpoint, **S3_CREDENTIALS}
-    s3 = make_client(BucketSettings.from_env(env))
-    s3.create_bucket(Bucket=env["BUCKET_NAME"])
+    populate_bucket(make_client(BucketSettings.from_env(env)), env["BUCKET_NAME"])
+    return env
+
+
+def populate_bucket(s3, bucket: str) -> None:
+    """Create ``bucket`` with the voices of :func:`bucket_env`."""
+    s3.create_bucket(Bucket=bucket)
     wav = reference_wav_bytes()
     voices = {
         "alice.wav": wav,
@@ -111,10 +116,9 @@ def bucket_env(moto_endpoint: str) -> dict[str, str]:
         "mute.wav": wav,
     }
     for name, data in voices.items():
-        s3.put_object(Bucket=env["BUCKET_NAME"], Key=f"voices/{name}", Body=data)
+        s3.put_object(Bucket=bucket, Key=f"voices/{name}", Body=data)
     for name in ("alice", "bob", "carol"):
-        s3.put_object(Bucket=env["BUCKET_NAME"], Key=f"voices/{name}.txt", Body=ALICE_TEXT.encode())
-    return env
+        s3.put_object(Bucket=bucket, Key=f"voices/{name}.txt", Body=ALICE_TEXT.encode())
 
 
 @pytest.fixture
@@ -167,7 +171,8 @@ def make_worker(tiny_model, scratch: Path) -> Callable[[dict[str, str]], object]
 class WorkerProcess:
     """``runpod_handler.py --rp_serve_api`` running as a real process on 127.0.0.1."""
 
-    def __init__(self, env: dict[str, str], tmpdir: Path, log_path: Path):
+    def __init__(self, env: dict[str, str], tmpdir: Path, log_path: Path,
+                 preexec_fn: Callable[[], None] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmpdir = tmpdir
@@ -177,7 +182,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "runpod_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
              "--rp_api_port", str(self.port)],
-            cwd=ROOT, env=full_env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+            cwd=ROOT, env=full_env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, preexec_fn=preexec_fn,
         )
 
     def wait_ready(self, timeout_s: float = 120) -> None:
@@ -212,10 +217,10 @@ class WorkerProcess:
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(env: dict[str, str], wait: bool = True) -> WorkerProcess:
+    def start(env: dict[str, str], wait: bool = True, preexec_fn: Callable[[], None] | None = None) -> WorkerProcess:
         tmpdir = tmp_path / f"worker-tmp-{len(started)}"
         tmpdir.mkdir()
-        worker = WorkerProcess(env, tmpdir, tmp_path / f"worker-{len(started)}.log")
+        worker = WorkerProcess(env, tmpdir, tmp_path / f"worker-{len(started)}.log", preexec_fn)
         started.append(worker)
         if wait:
             worker.wait_ready()

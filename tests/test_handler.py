@@ -115,6 +115,28 @@ BAD_INPUTS = [
     ({"seed": -1}, "input.seed"),
     ({"remove_silence": "yes"}, "input.remove_silence"),
     ({"bogus": 1}, "input.bogus"),
+    # type confusion, extremes, non-UTF-8 and hostile names (see also tests/test_hostile.py)
+    ({"text": ["Hello."]}, "input.text: must be a string, not list"),
+    ({"text": {"a": 1}}, "input.text: must be a string, not dict"),
+    ({"text": "x" * 1_000_000}, "input.text: is 1000000 characters"),
+    ({"voice": 5}, "input.voice: must be a string"),
+    ({"voice": "%2e%2e%2falice"}, "input.voice"),
+    ({"voice": "alice\x00"}, "input.voice"),
+    ({"voice": "\udc80"}, "input.voice"),
+    ({"voice": "a" * 100_000}, "input.voice"),
+    ({"ref_text": "\udfff"}, "input.ref_text: is not valid UTF-8"),
+    ({"ref_text": 1}, "input.ref_text"),
+    ({"ref_text": "x" * 1001}, "input.ref_text"),
+    ({"output_format": ["wav"]}, "input.output_format"),
+    ({"speed": float("inf")}, "input.speed"),
+    ({"speed": -1e308}, "input.speed"),
+    ({"speed": None}, "input.speed"),
+    ({"seed": 2**64}, "input.seed"),
+    ({"seed": 1.5}, "input.seed"),
+    ({"cross_fade_duration": -1e-9}, "input.cross_fade_duration"),
+    ({"return_base64": 1}, "input.return_base64"),
+    ({"\ud800": 1}, "input.'\\ud800': unknown field"),
+    ({"k" * 10_000: 1}, "input.'kkkk"),
 ]
 
 
@@ -124,6 +146,7 @@ def test_bad_input_is_a_string_error_and_the_next_job_succeeds(make_worker, buck
     bad = worker.run({"id": "bad", "input": {"text": "Hello.", **fields}})
     assert set(bad) == {"error"} and isinstance(bad["error"], str)
     assert expected in bad["error"]
+    assert len(bad["error"].encode("utf-8")) < 500  # echoes no huge or unencodable input
     assert "error" not in worker.run(job("good", voice="alice"))
     assert list(scratch.iterdir()) == []
 

@@ -45,3 +45,22 @@ def test_settings_from_env_and_no_secret_in_repr():
     assert "s3cr3t" not in repr(settings)
     assert not BucketSettings.from_env({}).configured
     assert BucketSettings.from_env({}).voices_prefix == "voices/"
+
+
+def test_download_is_capped_whatever_the_listing_said(s3, bucket_env, tmp_path):
+    bucket = bucket_env["BUCKET_NAME"]
+    s3.put_object(Bucket=bucket, Key="grown.bin", Body=b"x" * 3000)
+    with pytest.raises(s3_utils.ObjectTooLarge, match="over the 1000-byte limit"):
+        s3_utils.download_file(s3, bucket, "grown.bin", tmp_path / "grown.bin", max_bytes=1000)
+    assert (tmp_path / "grown.bin").stat().st_size <= 1000  # stopped at the cap, not read to the end
+    assert s3_utils.download_file(s3, bucket, "grown.bin", tmp_path / "ok.bin", max_bytes=3000).stat().st_size == 3000
+
+
+def test_upload_is_one_put_without_multipart(s3, bucket_env, tmp_path):
+    bucket = bucket_env["BUCKET_NAME"]
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"\x01" * (9 * 1024 * 1024))  # over boto3's 8 MB multipart threshold
+    s3_utils.upload_file(s3, bucket, "outputs/big.bin", src, "application/octet-stream")
+    assert s3.head_object(Bucket=bucket, Key="outputs/big.bin")["ContentLength"] == src.stat().st_size
+    assert "-" not in s3.head_object(Bucket=bucket, Key="outputs/big.bin")["ETag"]  # multipart ETags end in -N
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
