@@ -54,7 +54,7 @@ class ModelFilesCorrupt(RuntimeError):
         # the hub client relink the same bad blob, so the message names the blob too.
         named = ", ".join(f"{p} (blob {p.resolve()})" if p.is_symlink() else str(p) for p in paths)
         super().__init__(
-            f"{what} cannot be loaded from {named}: {type(err).__name__}: {_first_line(err)}. "
+            f"{what} cannot be loaded from {named}: {type(err).__name__}: {first_line(err)}. "
             "The file is truncated or corrupt: delete it and provision the volume again"
         )
 
@@ -311,3 +311,7 @@ def _verify_blob_hash(path: Path) -> str:
         )
     return f"{kind} matches the blob name"
 
+
+
+def first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asr import worker_file_refs
-from model_files import HubFile, ModelConfigError, ModelFilesMissing, ModelSources, find_cached, is_hub_ref
+from model_files import HubFile, ModelConfigError, ModelFilesMissing, ModelSources, find_cached, first_line, is_hub_ref
 from storage import apply_cache_env
 
 log = logging.getLogger("f5tts.provision")
@@ -151,7 +151,7 @@ def _plan(hub: HubFile, cache_dir: Path) -> _Download:
     except Exception as err:  # noqa: BLE001 - offline, network, auth, 404: all mean "cannot fetch"
         raise ModelFilesMissing(
             f"{hub} is not in {cache_dir} and its metadata could not be fetched "
-            f"({type(err).__name__}: {_first_line(err)})"
+            f"({type(err).__name__}: {first_line(err)})"
         ) from err
     if not meta.etag:
         raise ModelFilesMissing(f"{hub}: the hub sent no ETag, so the download could not be verified")
@@ -195,7 +195,7 @@ def _download(item: _Download, cache_dir: Path) -> None:
         pointer = Path(hf_hub_download(item.hub.repo_id, item.hub.filename, cache_dir=cache_dir))
     except Exception as err:  # noqa: BLE001 - network, auth, consistency: all mean "not downloaded"
         raise ModelFilesMissing(
-            f"{item.hub} could not be downloaded into {cache_dir} ({type(err).__name__}: {_first_line(err)})"
+            f"{item.hub} could not be downloaded into {cache_dir} ({type(err).__name__}: {first_line(err)})"
         ) from err
     blob = pointer.resolve()
     if etag_matches(blob, blob.name) is False:
@@ -223,10 +223,6 @@ def etag_matches(path: Path, etag: str) -> bool | None:
 
 def _human(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [""])[0][:300]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
