@@ -215,8 +215,8 @@ def damage(hub: Path, repo: str, filename: str, how: str) -> Path:
 
 MODEL_CACHE_FAULTS = [
     (TINY_REPO, "model.safetensors", "truncated", "cannot be loaded from"),
-    (TINY_REPO, "vocab.txt", "missing", "is not in the Hugging Face cache"),
-    (VOCODER_REPO, "pytorch_model.bin", "missing", "is not in the Hugging Face cache"),
+    (TINY_REPO, "vocab.txt", "missing", "is in none of the model caches"),
+    (VOCODER_REPO, "pytorch_model.bin", "missing", "is in none of the model caches"),
     (VOCODER_REPO, "pytorch_model.bin", "truncated", "cannot be loaded from"),
 ]
 
@@ -270,6 +270,9 @@ class OutOfMemoryOnce:
     def __init__(self, model):
         self.model = model
         self.hog: weakref.ref | None = None
+
+    def plan(self, *args):
+        return self.model.plan(*args)
 
     def synthesize(self, *args):
         if self.hog is None:
