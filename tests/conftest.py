@@ -23,6 +23,7 @@ import requests
 import soundfile as sf
 
 from tests.fake_hub import fake_hub  # noqa: F401 - fixture: a Hugging Face hub on 127.0.0.1
+from tests.s3_servers import stop_process
 from tests.tiny_models import build_tiny_cache, tiny_model_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,11 +207,7 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
 
 
 @pytest.fixture

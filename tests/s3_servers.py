@@ -53,12 +53,7 @@ class MotoProcess:
         return key["AccessKeyId"], key["SecretAccessKey"]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 class S3Proxy:
@@ -179,6 +174,16 @@ class S3Proxy:
             elif not _send(dst, data):
                 return
         _reset(dst)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _recv(sock: socket.socket) -> bytes:
