@@ -33,15 +33,16 @@ import audio  # noqa: E402
 import s3_utils  # noqa: E402
 from job_input import InputError, SynthesisRequest, parse_request  # noqa: E402
 from model_files import ModelConfigError, ModelFilesMissing, ModelSources  # noqa: E402
-from storage import BucketSettings, make_job_dir  # noqa: E402
+from storage import BucketSettings, make_job_dir, scratch_root  # noqa: E402
 from timings import Timings  # noqa: E402
-from tts_model import SAMPLE_RATE, TTSModel  # noqa: E402
-from voices import VoiceError, VoiceLibrary  # noqa: E402
+from tts_model import SAMPLE_RATE, SynthesisParams, TTSModel  # noqa: E402
+from voices import DEFAULT_VOICE, VoiceError, VoiceLibrary  # noqa: E402
 
 log = logging.getLogger("f5tts.worker")
 
 # RunPod caps a job's result at 20 MB; inline audio stays well below so /run and /runsync both carry it.
 MAX_INLINE_BASE64_BYTES = 10 * 1024 * 1024
+WARM_UP_TEXT = "Warm up."
 CLIENT_ERRORS = (InputError, VoiceError, audio.AudioError)
 
 
@@ -59,9 +60,23 @@ class Worker:
         bucket = BucketSettings.from_env()
         s3 = s3_utils.make_client(bucket) if bucket.configured else None
         allow_download = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on")
-        model = TTSModel.load(ModelSources.from_env(), CACHE.hub_cache, allow_download)
+        model = TTSModel.load(ModelSources.from_env(), CACHE.hub_cache, allow_download, half_dir=CACHE.half_weights)
+        worker = cls(model=model, voices=VoiceLibrary(s3, bucket), bucket=bucket, s3=s3)
+        if wants_warm_up(os.environ.get("F5TTS_WARMUP", "auto"), model.device):
+            worker.warm_up()
         log.info("worker ready: bucket=%s", bucket.name or "(none: results inline)")
-        return cls(model=model, voices=VoiceLibrary(s3, bucket), bucket=bucket, s3=s3)
+        return worker
+
+    def warm_up(self) -> dict[str, float]:
+        """One short synthesis with the packaged voice, so the first job does not pay the
+        first-call set-up (pinyin/jieba dictionaries, CUDA kernels and cuBLAS/cuDNN handles);
+        it also leaves the default voice prepared in the cache. Returns its timings."""
+        timings = Timings()
+        reference, _ = self.voices.get(DEFAULT_VOICE, None, scratch_root(), timings)
+        with timings.measure("synthesize"):
+            self.model.synthesize(reference.audio, reference.text, WARM_UP_TEXT, SynthesisParams(nfe_step=2))
+        log.info("warm-up done: %s", timings.report())
+        return timings.report()
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """One job, start to finish; never raises, errors come back as ``{"error": str}``."""
@@ -123,6 +138,16 @@ class Worker:
             s3_utils.upload_file(self.s3, self.bucket.name, key, path, content_type)
             url = s3_utils.presigned_url(self.s3, self.bucket.name, key)
         return {"audio_key": key, "audio_url": url, "bucket": self.bucket.name}
+
+
+def wants_warm_up(setting: str, device: str) -> bool:
+    """``F5TTS_WARMUP``: ``1`` always, ``0`` never, ``auto`` (default) on CUDA only. On a GPU the
+    warm-up costs a fraction of a second and takes CUDA/cuBLAS set-up off the first job; on CPU
+    the first-call set-up is ~0.15 s while a warm-up synthesis of the full model takes tens of
+    seconds (BENCHMARKS.md), so it is not worth it there."""
+    if setting.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    return setting.strip().lower() == "auto" and device.startswith("cuda")
 
 
 def safe_job_id(job_id: str) -> str:

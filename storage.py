@@ -42,6 +42,11 @@ class CachePaths:
             torch_home=Path(env.get("TORCH_HOME", str(hf_home / "torch"))),
         )
 
+    @property
+    def half_weights(self) -> Path:
+        """fp16 copies of checkpoints, written once at provisioning (``tts_model.write_half_precision_copy``)."""
+        return self.hf_home / "f5tts-fp16"
+
 
 def apply_cache_env(env: MutableMapping[str, str] = os.environ) -> CachePaths:
     """Pin the Hugging Face and torch caches to the volume unless the operator set them.
