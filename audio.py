@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -100,6 +101,8 @@ def shorten_silences(wave: np.ndarray, sr: int, min_silence_ms: int = 1000, thre
     return np.concatenate(pieces)
 
 
-def write(wave: np.ndarray, sr: int, fmt: str, path: Path) -> None:
+def write(wave: np.ndarray, sr: int, fmt: str, path: Path | BinaryIO) -> None:
+    """Encode ``wave`` as ``fmt`` into a file or a binary stream (e.g. ``io.BytesIO``)."""
     spec = OUTPUT_FORMATS[fmt]
-    sf.write(str(path), np.clip(wave, -1.0, 1.0), sr, format=spec.container, subtype=spec.subtype)
+    target = str(path) if isinstance(path, Path) else path
+    sf.write(target, np.clip(wave, -1.0, 1.0), sr, format=spec.container, subtype=spec.subtype)

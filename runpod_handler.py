@@ -17,6 +17,7 @@ CACHE = apply_cache_env()  # before anything imports huggingface_hub
 
 import asyncio  # noqa: E402
 import base64  # noqa: E402
+import io  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -107,9 +108,9 @@ class Worker:
             wave = self.model.synthesize(reference.audio, reference.text, request.text, request.params)
         if request.remove_silence:
             wave = audio.shorten_silences(wave, SAMPLE_RATE)
-        out_path = job_dir / f"output.{request.output_format}"
         with timings.measure("encode"):
-            audio.write(wave, SAMPLE_RATE, request.output_format, out_path)
+            encoded = io.BytesIO()  # in memory: the output never needs a file of its own
+            audio.write(wave, SAMPLE_RATE, request.output_format, encoded)
         result: dict[str, Any] = {
             "format": request.output_format,
             "sample_rate": SAMPLE_RATE,
@@ -118,24 +119,24 @@ class Worker:
             "voice": request.voice,
             "voice_cached": cached,
         }
-        result.update(self._deliver(job_id, request, out_path, timings))
+        result.update(self._deliver(job_id, request, encoded.getvalue(), timings))
         result["timings_ms"] = timings.report()
         return result
 
-    def _deliver(self, job_id: str, request: SynthesisRequest, path: Path, timings: Timings) -> dict[str, Any]:
+    def _deliver(self, job_id: str, request: SynthesisRequest, data: bytes, timings: Timings) -> dict[str, Any]:
         """Upload to ``<OUTPUTS_PREFIX><job id>.<ext>``, or inline base64 with no bucket."""
         if self.s3 is None or request.return_base64:
-            size = 4 * -(-path.stat().st_size // 3)
+            size = 4 * -(-len(data) // 3)
             if size > MAX_INLINE_BASE64_BYTES:
                 raise audio.AudioError(
                     f"the {request.output_format} output would be {size} bytes of base64, over the "
                     f"{MAX_INLINE_BASE64_BYTES}-byte inline limit: configure a bucket or pick mp3/ogg"
                 )
-            return {"audio_base64": base64.b64encode(path.read_bytes()).decode("ascii")}
+            return {"audio_base64": base64.b64encode(data).decode("ascii")}
         key = f"{self.bucket.outputs_prefix}{safe_job_id(job_id)}.{request.output_format}"
         content_type = audio.OUTPUT_FORMATS[request.output_format].content_type
         with timings.measure("upload"):
-            s3_utils.upload_file(self.s3, self.bucket.name, key, path, content_type)
+            s3_utils.put_bytes(self.s3, self.bucket.name, key, data, content_type)
             url = s3_utils.presigned_url(self.s3, self.bucket.name, key)
         return {"audio_key": key, "audio_url": url, "bucket": self.bucket.name}
 

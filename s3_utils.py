@@ -8,6 +8,7 @@ job in seconds instead of hanging the worker.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,13 @@ def check_s3_object_exists(client: BaseClient, bucket: str, key: str) -> bool:
 
 
 def download_file(client: BaseClient, bucket: str, key: str, path: Path) -> Path:
-    client.download_file(bucket, key, str(path))
+    """One GET streamed to ``path`` (``client.download_file`` adds a HEAD and a thread pool)."""
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    try:
+        with path.open("wb") as out:
+            shutil.copyfileobj(body, out, 1024 * 1024)
+    finally:
+        body.close()
     return path
 
 
@@ -81,6 +88,12 @@ def read_text(client: BaseClient, bucket: str, key: str) -> str:
 
 def upload_file(client: BaseClient, bucket: str, key: str, path: Path, content_type: str) -> None:
     client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type})
+
+
+def put_bytes(client: BaseClient, bucket: str, key: str, data: bytes, content_type: str) -> None:
+    """One PUT from memory: for a job's output, no temp file and no transfer thread pool
+    (``upload_file`` costs ~3x a plain PUT per call, BENCHMARKS.md)."""
+    client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
 
 
 def presigned_url(client: BaseClient, bucket: str, key: str, expires_s: int = PRESIGN_EXPIRES_S) -> str:
