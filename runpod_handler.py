@@ -23,6 +23,7 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -166,11 +167,34 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
     return await asyncio.to_thread(WORKER.run, job)
 
 
+def start_up() -> Worker:
+    """Everything before the first job: the worker, and the RunPod SDK imported meanwhile.
+
+    ``import runpod`` takes ~1.2 s, nearly all of it waiting for the subprocess py-cpuinfo
+    starts (``runpod.serverless.utils.rp_debugger`` calls ``cpuinfo.get_cpu_info()`` at import).
+    Imported in a thread, that wait overlaps the model load instead of following it
+    (BENCHMARKS.md). A failure there is only logged: ``main`` imports runpod again and raises.
+    """
+    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")  # the SDK's DEBUG level logs every job's output
+
+    def import_sdk() -> None:
+        try:
+            import runpod  # noqa: F401
+        except Exception:  # noqa: BLE001 - retried, and reported, by main()
+            log.warning("background import of the runpod SDK failed", exc_info=True)
+
+    sdk = threading.Thread(target=import_sdk, name="import-runpod", daemon=True)
+    sdk.start()
+    worker = Worker.from_env()
+    sdk.join()
+    return worker
+
+
 def main() -> None:
     global WORKER
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        WORKER = Worker.from_env()
+        WORKER = start_up()
     except (ModelFilesMissing, ModelConfigError) as err:
         log.error("cannot start: %s", err)
         sys.exit(f"cannot start: {err}")
@@ -178,7 +202,6 @@ def main() -> None:
     # SIGTERM (RunPod scaling the worker down) exits normally, so temp dirs made by imported
     # libraries are removed by their finalizers instead of being left in the scratch tier.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")  # the SDK's DEBUG level logs every job's output
     import runpod
 
     runpod.serverless.start({"handler": handler})

@@ -3,8 +3,8 @@
 - ``import torch``: the import floor;
 - raw read: a sequential read of the model's weight files (checkpoint + vocoder), the I/O floor;
 - upstream: ``F5TTS(model="F5TTS_v1_Base", ckpt_file=..., vocoder_local_path=..., device=...)``;
-- worker: ``Worker.from_env()`` (model + vocoder loaded, warm-up if it applies) then
-  ``import runpod``, i.e. everything ``main()`` does before taking jobs.
+- worker: ``runpod_handler.start_up()`` (model + vocoder loaded, warm-up if it applies, the
+  RunPod SDK imported), i.e. everything ``main()`` does before taking jobs.
 
 All on a full-size random-weight F5TTS_v1_Base (``bench/full_model.py``) in a temp HF cache.
 The clock starts in the parent just before the process is spawned and stops when the child
@@ -49,9 +49,18 @@ CASES = {
         "device={device!r}, hf_cache_dir={hub!r})\n"
         "extra = {{}}\n"
     ),
+    "f5-tts imports, split": (
+        "t0 = time.perf_counter()\n"
+        "import torch, torchaudio, transformers.pipelines, vocos, x_transformers, librosa, pypinyin, rjieba, matplotlib.pylab, pydub, torchdiffeq\n"
+        "t1 = time.perf_counter()\n"
+        "import wandb, datasets, accelerate, ema_pytorch  # what f5_tts.model's trainer/dataset modules add\n"
+        "t2 = time.perf_counter()\n"
+        "import f5_tts.infer.utils_infer\n"
+        "extra = {{'inference_deps_s': t1 - t0, 'training_only_s': t2 - t1, 'f5_tts_itself_s': time.perf_counter() - t2}}\n"
+    ),
     "this worker": (
         "import runpod_handler\n"
-        "w = runpod_handler.Worker.from_env()\n"
+        "w = runpod_handler.start_up()  # what main() does before taking jobs\n"
         "import runpod\n"
         "extra = {{'load_ms': w.model.load_ms}}\n"
     ),
@@ -67,14 +76,31 @@ def drop_caches() -> bool:
         return False
 
 
+# After ready, not counted in it: the worker's parameters are views of the page cache (mmap);
+# the first forward pass faults each page in. Touching one float per 4 KiB page measures that.
+AFTER_READY = {
+    "this worker": (
+        "t = time.perf_counter()\n"
+        "[float(p.detach().reshape(-1)[::1024].sum()) for p in w.model.model.parameters()]\n"
+        "print({mark!r} + json.dumps({{'touch_s': time.perf_counter() - t}}), flush=True)\n"
+    ),
+}
+
+
+def case_code(name: str, fmt: dict) -> str:
+    return PRELUDE + CASES[name].format(**fmt) + REPORT.format(mark=MARK) + AFTER_READY.get(name, "").format(mark=MARK)
+
+
 def run_case(code: str, env: dict[str, str]) -> dict:
     started = time.time()
-    proc = subprocess.run([sys.executable, "-c", PRELUDE + code + REPORT.format(mark=MARK)],
+    proc = subprocess.run([sys.executable, "-c", code],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"case failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    result = json.loads(lines[-1][len(MARK):])
+    result = json.loads(lines[0][len(MARK):])
+    for line in lines[1:]:  # measurements taken after the ready mark
+        result.update(json.loads(line[len(MARK):]))
     result["ready_s"] = result.pop("ready") - started
     return result
 
@@ -115,12 +141,12 @@ def main() -> None:
         dropped = True
         if regime == "warm":
             for name in names:  # untimed pass: every file of every case in the page cache
-                run_case(CASES[name].format(**fmt), env)
+                run_case(case_code(name, fmt), env)
         for r in range(args.rounds):
             for name in names[r % len(names):] + names[: r % len(names)]:
                 if regime == "cold":
                     dropped &= drop_caches()
-                results[name].append(run_case(CASES[name].format(**fmt), env))
+                results[name].append(run_case(case_code(name, fmt), env))
         report(regime, dropped, results, weight_bytes)
 
 
@@ -141,6 +167,12 @@ def report(regime: str, dropped: bool, results: dict[str, list[dict]], weight_by
         ready = [r["ready_s"] for r in runs]
         print(f"| {name} | {med(ready):.2f} | {min(ready):.2f}-{max(ready):.2f} | {med(ready) / upstream:.2f} "
               f"| {med([r['rss_mb'] for r in runs]):.0f} |")
+    split = results["f5-tts imports, split"]
+    print("\nimports (median s, in one process, in this order): inference dependencies "
+          + ", then ".join(f"{k.removesuffix('_s')} {med([r[k] for r in split]):.2f}"
+                          for k in ("inference_deps_s", "training_only_s", "f5_tts_itself_s"))
+          + ": the training-only modules (wandb, datasets, accelerate, ema_pytorch) are imported by "
+          "f5_tts.model/__init__ -> trainer, which every inference import goes through")
     phases = [r["load_ms"] for r in results["this worker"]]
     keys = list(phases[0])
     print(f"\nthis worker, TTSModel.load phases (median ms): "
@@ -149,7 +181,8 @@ def report(regime: str, dropped: bool, results: dict[str, list[dict]], weight_by
     print(f"raw read of the {weight_bytes / 1e9:.2f} GB of weights: {read_floor:.2f} s ({weight_bytes / 1e6 / read_floor:.0f} MB/s); "
           f"worker's weight loading on the critical path (wait for prefetch + vocoder + model): {med(loading):.2f} s "
           f"= {med(loading) / read_floor:.2f} x the read floor; prefetch thread (overlapped with imports): "
-          f"{med([p['prefetch'] for p in phases]) / 1000:.2f} s")
+          f"{med([p['prefetch'] for p in phases]) / 1000:.2f} s; after ready, faulting the mapped weights in "
+          f"(first forward pass, from the page cache): {med([r['touch_s'] for r in results['this worker']]):.2f} s")
 
 
 if __name__ == "__main__":

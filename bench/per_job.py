@@ -14,6 +14,7 @@ event hooks. Repeated voice: each of ``--voices`` distinct voices is used once c
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import socket
@@ -54,6 +55,7 @@ def main() -> None:
     scratch.mkdir()
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -148,11 +150,46 @@ def run(args: argparse.Namespace, scratch: Path) -> None:
     print("\n## S3 requests per job")
     for label, runs in (("first on a voice", first), ("later, same voice", later)):
         print(f"- {label}: {dict(runs[-1][2])} (cached: {runs[-1][1]['voice_cached']})")
+    print("\n## The per-job S3 choices, measured alone on the same bucket (median ms of 30)")
+    print(request_costs(worker, scratch, later[-1][1]))
     voice_first = statistics.median([r["timings_ms"].get("fetch_voice", 0) + r["timings_ms"].get("prepare_reference", 0) for _, r, _ in first])
     voice_later = statistics.median([r["timings_ms"].get("fetch_voice", 0) + r["timings_ms"].get("prepare_reference", 0) for _, r, _ in later])
+    around = [statistics.median([r["timings_ms"]["total"] - r["timings_ms"]["synthesize"] for _, r, _ in runs]) for runs in (first, later)]
     print(f"\n## Repeated voice\nfirst-job / later-job wall time: {statistics.median(first_ms) / statistics.median(later_ms):.2f}; "
+          f"time around the synthesis (total - synthesize): {around[0]:.1f} ms -> {around[1]:.1f} ms ({around[0] / around[1]:.2f} x); "
           f"voice stages (fetch_voice + prepare_reference): {voice_first:.1f} ms -> {voice_later:.1f} ms "
           f"({voice_first / max(voice_later, 1e-3):.0f} x)")
+
+
+def request_costs(worker, scratch: Path, result: dict) -> str:
+    """Why the handler PUTs from memory and LISTs once: the alternatives, timed back to back."""
+    import s3_utils
+
+    s3, bucket = worker.s3, worker.bucket.name
+    data = s3.get_object(Bucket=bucket, Key=result["audio_key"])["Body"].read()
+    path = scratch / "output.wav"
+
+    def file_then_upload_file() -> None:
+        path.write_bytes(data)
+        s3.upload_file(str(path), bucket, "outputs/alt.wav", ExtraArgs={"ContentType": "audio/wav"})
+        path.unlink()
+
+    options = {
+        "output: temp file + upload_file (before)": file_then_upload_file,
+        "output: put_bytes from memory (now)": lambda: s3_utils.put_bytes(s3, bucket, "outputs/alt.wav", data, "audio/wav"),
+        "voice check: one LIST, both ETags (now)": lambda: s3_utils.list_s3_objects(s3, bucket, "voices/voice0."),
+        "voice check: HEAD clip + HEAD transcript": lambda: (s3.head_object(Bucket=bucket, Key="voices/voice0.wav"),
+                                                             s3.head_object(Bucket=bucket, Key="voices/voice0.txt")),
+    }
+    lines = ["| request(s) | median ms |", "|---|---:|"]
+    for label, call in options.items():
+        times = []
+        for _ in range(30):
+            started = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - started) * 1000)
+        lines.append(f"| {label} | {statistics.median(times):.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
