@@ -5,8 +5,8 @@ In one process: a tiny random-weight model (``tests/tiny_models.py``), a Threade
 job: the bare ``TTSModel.synthesize`` call on an already-prepared reference, and ``Worker.run``
 (validate -> voice from S3 -> synthesize -> encode -> upload -> presigned URL -> clean up) on the
 same text and parameters. Overhead = run - bare. Every S3 request is counted through botocore's
-event hooks. Repeated voice: each of ``--voices`` distinct voices is used once cold, then
-``--jobs`` later jobs reuse one of them.
+event hooks. Repeated voice: ``--jobs`` later jobs reuse one voice; interleaved
+with them, each of ``--voices`` distinct voices is used for the first time.
 
     python -m bench.per_job [--jobs 30] [--voices 5] [--nfe 32]
 """
@@ -110,11 +110,14 @@ def run(args: argparse.Namespace, scratch: Path) -> None:
         return (time.perf_counter() - started) * 1000
 
     bare()  # first-call set-up (dictionaries) out of the way for both
-    first = [job(i, name) for i, name in enumerate(names)]
+    first = [job(0, names[0])]
     later, bare_ms = [], []
-    for i in range(args.jobs):  # interleaved so load from other processes hits both alike
+    step = max(1, args.jobs // max(1, len(names) - 1))
+    for i in range(args.jobs):  # all interleaved, so load from other processes hits each kind alike
         bare_ms.append(bare())
         later.append(job(1000 + i, names[0]))
+        if i % step == step - 1 and len(first) < len(names):
+            first.append(job(len(first), names[len(first)]))
     assert not any(scratch.iterdir()), "a job left files in the scratch tier"
 
     later_ms = [w for w, _, _ in later]
