@@ -9,7 +9,11 @@ noise, but the work per call is that of real speech of the same duration.
 
     python -m bench.gpu_rtf [--device cuda] [--repeats 5] [--nfe 32 16] [--dir DIR]
 
-Not run for BENCHMARKS.md yet: the machine it was written on has no GPU.
+Not run on a GPU for BENCHMARKS.md: the machine it was written on has none. It was only
+smoke-tested on CPU (``--device cpu --nfe 2 --repeats 1 --text "Hello there." --skip-upstream``),
+where the peak-memory column reads 0. Upstream's ``F5TTS.infer`` reads the reference with
+``torchaudio.load``, which in torchaudio 2.11 needs ``torchcodec`` and ffmpeg on the machine (the
+worker needs neither).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--nfe", type=int, nargs="+", default=[32, 16])
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp/f5tts-bench-full"))
+    parser.add_argument("--text", default=TEXT)
+    parser.add_argument("--skip-upstream", action="store_true",
+                        help="time this worker only (upstream's infer needs torchcodec + ffmpeg: torchaudio.load)")
     args = parser.parse_args()
 
     marker = args.dir / "built.json"
@@ -54,30 +61,36 @@ def main() -> None:
     ref_wav = str(examples.joinpath("basic_ref_en.wav"))
     ref_text = "Some call me nature, others call me mother nature."
 
+    cuda = args.device.startswith("cuda")
+
     def peak(fn):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         seconds_of_audio = fn()
-        torch.cuda.synchronize()
-        return time.perf_counter() - started, seconds_of_audio, torch.cuda.max_memory_allocated() / 2**20
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - started, seconds_of_audio, torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
 
-    upstream = F5TTS(model="F5TTS_v1_Base", ckpt_file=paths["checkpoint"], vocoder_local_path=paths["vocoder_dir"],
+    upstream = None if args.skip_upstream else F5TTS(model="F5TTS_v1_Base", ckpt_file=paths["checkpoint"], vocoder_local_path=paths["vocoder_dir"],
                      device=args.device, hf_cache_dir=str(args.dir / "hub"))
     ours = TTSModel.load(ModelSources.from_env(), args.dir / "hub", allow_download=False, device=args.device,
                          half_dir=args.dir / "f5tts-fp16")
     reference = prepare_reference(Path(ref_wav), ref_text)
-    print(f"{torch.cuda.get_device_name()}; weights dtype ours {next(ours.model.parameters()).dtype}, "
-          f"upstream {next(upstream.ema_model.parameters()).dtype}")
+    print(f"{torch.cuda.get_device_name() if cuda else 'CPU'}; weights dtype ours {next(ours.model.parameters()).dtype}, "
+          f"upstream {next(upstream.ema_model.parameters()).dtype if upstream else '-'}")
     print("| nfe_step | implementation | RTF median | s per call | audio s | peak GPU MiB |")
     print("|---:|---|---:|---:|---:|---:|")
     for nfe in args.nfe:
         calls = {
-            "upstream F5TTS.infer": lambda: len(upstream.infer(ref_wav, ref_text, TEXT, nfe_step=nfe, seed=0,
+            "upstream F5TTS.infer": lambda: len(upstream.infer(ref_wav, ref_text, args.text, nfe_step=nfe, seed=0,
                                                                show_info=lambda *_: None, progress=None)[0]) / SAMPLE_RATE,
-            "this worker": lambda: len(ours.synthesize(reference.audio, reference.text, TEXT,
+            "this worker": lambda: len(ours.synthesize(reference.audio, reference.text, args.text,
                                                        SynthesisParams(nfe_step=nfe))) / SAMPLE_RATE,
         }
+        if upstream is None:
+            del calls["upstream F5TTS.infer"]
         runs: dict[str, list] = {name: [] for name in calls}
         for name, call in calls.items():
             peak(call)  # untimed: kernels, cuBLAS/cuDNN handles, upstream's reference cache
