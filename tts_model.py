@@ -3,11 +3,12 @@
 Loading and the maths are upstream's (``f5_tts.infer.utils_infer``); this module decides the
 device, where the files come from, and holds the one instance the worker uses.
 
-Cold start (measured in ``bench/cold_start.py``, see BENCHMARKS.md) is cut three ways without
-touching upstream's loading code: the weight files are read into the page cache by a thread
-while the main thread spends seconds importing f5-tts; the random initialisation of the
-337 M parameters, overwritten by the strict ``load_state_dict`` anyway, is skipped; and where
-upstream computes in fp16 (CUDA), a half-precision copy written once at provisioning
+Cold start (``bench/cold_start.py``, BENCHMARKS.md) is cut without changing a weight: the
+weight files are read into the page cache by a thread while the main thread spends seconds
+importing f5-tts (``Prefetch``); ``load_f5``/``load_vocos`` do what upstream's
+``load_model``/``load_vocoder`` do minus the random initialisation of the 337 M parameters and
+the copy into them (checked against upstream's functions in ``tests/test_tts_model.py``); and
+where upstream computes in fp16 (CUDA), a half-precision copy written once at provisioning
 (``write_half_precision_copy``) halves the bytes read from the network volume.
 
     python tts_model.py half-copy   # provisioning: write the fp16 copy of the configured model
@@ -91,11 +92,11 @@ def write_half_precision_copy(checkpoint: Path, half_dir: Path) -> Path:
     """
     from safetensors.torch import load_file, save_file
 
+    if checkpoint.suffix != ".safetensors":
+        raise ValueError(f"{checkpoint} is not a .safetensors checkpoint")
     target = half_precision_path(checkpoint, half_dir)
     if target.is_file():
         return target
-    if checkpoint.suffix != ".safetensors":
-        raise ValueError(f"{checkpoint} is not a .safetensors checkpoint")
     state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(checkpoint)).items()}
     half_dir.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
