@@ -91,8 +91,8 @@ def upload_file(client: BaseClient, bucket: str, key: str, path: Path, content_t
 
 
 def put_bytes(client: BaseClient, bucket: str, key: str, data: bytes, content_type: str) -> None:
-    """One PUT from memory: for a job's output, no temp file and no transfer thread pool
-    (``upload_file`` costs ~3x a plain PUT per call, BENCHMARKS.md)."""
+    """One PUT from memory: for a job's output, no temp file and no transfer manager with its
+    thread pool, which ``upload_file`` sets up on every call (timed in BENCHMARKS.md)."""
     client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
 
 

@@ -4,7 +4,8 @@
 - raw read: a sequential read of the model's weight files (checkpoint + vocoder), the I/O floor;
 - upstream: ``F5TTS(model="F5TTS_v1_Base", ckpt_file=..., vocoder_local_path=..., device=...)``;
 - worker: ``runpod_handler.start_up()`` (model + vocoder loaded, warm-up if it applies, the
-  RunPod SDK imported), i.e. everything ``main()`` does before taking jobs.
+  RunPod SDK imported), i.e. everything ``main()`` does before taking jobs; and, as an ablation,
+  the same with ``import runpod`` after the load instead of in a thread meanwhile.
 
 All on a full-size random-weight F5TTS_v1_Base (``bench/full_model.py``) in a temp HF cache.
 The clock starts in the parent just before the process is spawned and stops when the child
@@ -57,6 +58,12 @@ CASES = {
         "t2 = time.perf_counter()\n"
         "import f5_tts.infer.utils_infer\n"
         "extra = {{'inference_deps_s': t1 - t0, 'training_only_s': t2 - t1, 'f5_tts_itself_s': time.perf_counter() - t2}}\n"
+    ),
+    "worker, SDK imported after": (  # ablation: start_up() without its runpod-import thread
+        "import runpod_handler\n"
+        "w = runpod_handler.Worker.from_env()\n"
+        "import runpod\n"
+        "extra = {{}}\n"
     ),
     "this worker": (
         "import runpod_handler\n"

@@ -63,4 +63,4 @@ if __name__ == "__main__":
     paths = build_full_cache(root / "hub")
     print(f"export HF_HOME={root} HF_HUB_CACHE={root / 'hub'} HF_HUB_OFFLINE=1 F5TTS_MODEL={DEFAULT_MODEL}")
     for name, path in paths.items():
-        print(f"# {name}: {path} ({sum(p.stat().st_size for p in Path(path).parent.rglob('*') if p.is_file()) if name == 'vocoder_dir' else path.stat().st_size} bytes)")
+        print(f"# {name}: {path}")
