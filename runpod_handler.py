@@ -26,6 +26,7 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import AsyncIterator, Callable  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
@@ -52,13 +53,14 @@ from job_input import (  # noqa: E402
 from model_files import ModelConfigError, ModelFilesCorrupt, ModelFilesMissing, ModelSources  # noqa: E402
 from storage import BucketSettings, make_job_dir, scratch_root  # noqa: E402
 from timings import Timings  # noqa: E402
-from tts_model import OUT_OF_MEMORY, SAMPLE_RATE, TTSModel, release_memory  # noqa: E402
-from voices import MAX_UPLOAD_BYTES, VoiceError, VoiceLibrary  # noqa: E402
+from tts_model import OUT_OF_MEMORY, SAMPLE_RATE, SynthesisParams, TTSModel, release_memory  # noqa: E402
+from voices import DEFAULT_VOICE, MAX_UPLOAD_BYTES, VoiceError, VoiceLibrary  # noqa: E402
 
 log = logging.getLogger("f5tts.worker")
 
 # RunPod caps a job's result at 20 MB; inline audio stays well below so /run and /runsync both carry it.
 MAX_INLINE_BASE64_BYTES = 10 * 1024 * 1024
+WARM_UP_TEXT = "Warm up."
 CLIENT_ERRORS = (InputError, VoiceError, audio.AudioError)
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 # A streamed item holds at most 8 s of 16-bit PCM: 384 KB, 512 KB as base64, well under RunPod's
@@ -84,13 +86,29 @@ class Worker:
         bucket = BucketSettings.from_env()
         s3 = s3_utils.make_client(bucket) if bucket.configured else None
         allow_download = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on")
-        model = TTSModel.load(ModelSources.from_env(), CACHE.hub_cache, allow_download, fallbacks=CACHE.fallback_caches)
+        model = TTSModel.load(ModelSources.from_env(), CACHE.hub_cache, allow_download,
+                              fallbacks=CACHE.fallback_caches, half_dir=CACHE.half_weights)
         asr_settings = AsrSettings.from_env()
         asr = (SpeechRecognizer(asr_settings, CACHE.hub_cache, allow_download, fallbacks=CACHE.fallback_caches)
                if asr_settings.enabled else None)
+        worker = cls(model=model, voices=VoiceLibrary(s3, bucket, recognizer=asr), bucket=bucket, s3=s3, asr=asr)
+        if wants_warm_up(os.environ.get("F5TTS_WARMUP", "auto"), model.device):
+            worker.warm_up()
         log.info("worker ready: bucket=%s asr=%s", bucket.name or "(none: results inline)",
                  f"{asr_settings.repo_id} (loaded on first use)" if asr else "off")
-        return cls(model=model, voices=VoiceLibrary(s3, bucket, recognizer=asr), bucket=bucket, s3=s3, asr=asr)
+        return worker
+
+    def warm_up(self) -> dict[str, float]:
+        """One short synthesis with the packaged voice, so the first job does not pay the
+        first-call set-up (pinyin/jieba dictionaries, CUDA kernels and cuBLAS/cuDNN handles);
+        it also leaves the default voice prepared in the cache. Returns its timings."""
+        timings = Timings()
+        reference, _ = self.voices.get(DEFAULT_VOICE, None, scratch_root(), timings)
+        chunks = self.model.plan(reference.duration_s, reference.text, WARM_UP_TEXT, 1.0)
+        with timings.measure("synthesize"):
+            self.model.synthesize(reference.audio, reference.text, chunks, SynthesisParams(nfe_step=2))
+        log.info("warm-up done: %s", timings.report())
+        return timings.report()
 
     def run(self, job: dict[str, Any], progress: Progress | None = None, emit: Emit | None = None) -> dict[str, Any]:
         """One job, start to finish; never raises, errors come back as ``{"error": str}``.
@@ -279,6 +297,16 @@ def output_stem(job_id: str, request: SynthesisRequest, index: int) -> str:
     return f"{safe_job_id(job_id)}-{index}" if request.several else safe_job_id(job_id)
 
 
+def wants_warm_up(setting: str, device: str) -> bool:
+    """``F5TTS_WARMUP``: ``1`` always, ``0`` never, ``auto`` (default) on CUDA only. On a GPU the
+    warm-up costs a fraction of a second and takes CUDA/cuBLAS set-up off the first job; on CPU
+    the first-call set-up is ~0.15 s while a warm-up synthesis of the full model takes tens of
+    seconds (BENCHMARKS.md), so it is not worth it there."""
+    if setting.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    return setting.strip().lower() == "auto" and device.startswith("cuda")
+
+
 def safe_job_id(job_id: str) -> str:
     """The job id reduced to ``[A-Za-z0-9_-]``: output keys derive from it and nothing else."""
     return "".join(c for c in job_id if (c.isascii() and c.isalnum()) or c in "-_")[:128] or "job"
@@ -328,11 +356,34 @@ async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     yield await result
 
 
+def start_up() -> Worker:
+    """Everything before the first job: the worker, and the RunPod SDK imported meanwhile.
+
+    ``import runpod`` takes ~1.2 s, nearly all of it waiting for the subprocess py-cpuinfo
+    starts (``runpod.serverless.utils.rp_debugger`` calls ``cpuinfo.get_cpu_info()`` at import).
+    Imported in a thread, that wait overlaps the model load instead of following it
+    (BENCHMARKS.md). A failure there is only logged: ``main`` imports runpod again and raises.
+    """
+    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")  # the SDK's DEBUG level logs every job's output
+
+    def import_sdk() -> None:
+        try:
+            import runpod  # noqa: F401
+        except Exception:  # noqa: BLE001 - retried, and reported, by main()
+            log.warning("background import of the runpod SDK failed", exc_info=True)
+
+    sdk = threading.Thread(target=import_sdk, name="import-runpod", daemon=True)
+    sdk.start()
+    worker = Worker.from_env()
+    sdk.join()
+    return worker
+
+
 def main() -> None:
     global WORKER
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        WORKER = Worker.from_env()
+        WORKER = start_up()
     except (ModelFilesMissing, ModelConfigError, ModelFilesCorrupt) as err:
         log.error("cannot start: %s", err)
         sys.exit(f"cannot start: {err}")
@@ -340,7 +391,6 @@ def main() -> None:
     # SIGTERM (RunPod scaling the worker down) exits normally, so temp dirs made by imported
     # libraries are removed by their finalizers instead of being left in the scratch tier.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")  # the SDK's DEBUG level logs every job's output
     import runpod
 
     if os.environ.get("STREAMING", "0").lower() in ("1", "true", "yes", "on"):

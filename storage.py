@@ -62,6 +62,11 @@ class CachePaths:
         """The read-only caches consulted after ``hub_cache``, in order, without repeats."""
         return tuple(p for p in dict.fromkeys((self.runpod_cache, self.image_cache)) if p != self.hub_cache)
 
+    @property
+    def half_weights(self) -> Path:
+        """fp16 copies of checkpoints, written once at provisioning (``tts_model.write_half_precision_copy``)."""
+        return self.hf_home / "f5tts-fp16"
+
 
 def apply_cache_env(env: MutableMapping[str, str] = os.environ) -> CachePaths:
     """Pin the Hugging Face and torch caches to the volume unless the operator set them.

@@ -2,22 +2,35 @@
 
 Loading and the maths are upstream's (``f5_tts.infer.utils_infer``); this module decides the
 device, where the files come from, and holds the one instance the worker uses.
+
+Cold start (``bench/cold_start.py``, BENCHMARKS.md) is cut without changing a weight: the
+weight files are read into the page cache by a thread while the main thread spends seconds
+importing f5-tts (``Prefetch``); ``load_f5``/``load_vocos`` do what upstream's
+``load_model``/``load_vocoder`` do minus the random initialisation of the 337 M parameters and
+the copy into them (checked against upstream's functions in ``tests/test_tts_model.py``); and
+where upstream computes in fp16 (CUDA), a half-precision copy written once at provisioning
+(``write_half_precision_copy``) halves the bytes read from the network volume.
+
+    python tts_model.py half-copy   # provisioning: write the fp16 copy of the configured model
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from model_files import ModelFilesCorrupt, ModelSources, ResolvedModel, resolve_model
+from timings import Timings
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +63,157 @@ def chunk_budget(ref_audio_s: float, ref_text: str, speed: float) -> int:
     return max(1, int(rate * (MAX_CONTEXT_S - ref_audio_s) * speed))
 
 
+def compute_dtype(device: str) -> torch.dtype:
+    """The dtype upstream's ``load_checkpoint`` casts the model to: fp16 on CUDA from compute
+    capability 7 (not ZLUDA), fp32 elsewhere. Mirrored here to know when an fp16 copy of the
+    weights is exact (the cast would round them to fp16 anyway)."""
+    if "cuda" in device and torch.cuda.get_device_properties(device).major >= 7:
+        return torch.float32 if torch.cuda.get_device_name().endswith("[ZLUDA]") else torch.float16
+    return torch.float32
+
+
+HALF_SUFFIX = ".fp16.safetensors"
+
+
+def half_precision_path(checkpoint: Path, half_dir: Path) -> Path:
+    """Where the fp16 copy of ``checkpoint`` lives, keyed by the source file's identity.
+
+    The key is the resolved file's name (a Hugging Face blob is named by its content hash),
+    size and modification time, not its directory: the volume is mounted at ``/workspace`` on
+    a pod and at ``/runpod-volume`` on serverless. A new checkpoint gets a new key, so a stale
+    copy is never used.
+    """
+    real = checkpoint.resolve()
+    stat = real.stat()
+    return half_dir / f"{real.name}.{stat.st_size}.{stat.st_mtime_ns}{HALF_SUFFIX}"
+
+
+def write_half_precision_copy(checkpoint: Path, half_dir: Path) -> Path:
+    """Write (once) an fp16 copy of a ``.safetensors`` checkpoint next to the cache; return its path.
+
+    Floating tensors are rounded to fp16 exactly as upstream's ``model.to(float16)`` +
+    ``load_state_dict`` would on a GPU; other tensors are kept. Written to a temp file and
+    renamed, so a reader never sees half a file.
+    """
+    from safetensors.torch import load_file, save_file
+
+    if checkpoint.suffix != ".safetensors":
+        raise ValueError(f"{checkpoint} is not a .safetensors checkpoint")
+    target = half_precision_path(checkpoint, half_dir)
+    if target.is_file():
+        return target
+    state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(checkpoint)).items()}
+    half_dir.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        save_file(state, str(partial), metadata={"format": "pt", "source": checkpoint.resolve().name})
+        with partial.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def weights_file(checkpoint: Path, device: str, half_dir: Path | None) -> Path:
+    """The fp16 copy when there is one and the model computes in fp16 anyway, else ``checkpoint``."""
+    if half_dir is None or compute_dtype(device) != torch.float16:
+        return checkpoint
+    half = half_precision_path(checkpoint, half_dir)
+    return half if half.is_file() else checkpoint
+
+
+class Prefetch(threading.Thread):
+    """Reads files once, sequentially, so they are in the page cache when torch opens them.
+
+    ``readinto`` releases the GIL: the read runs on its own core while the main thread imports.
+    """
+
+    def __init__(self, paths: Sequence[Path], block_bytes: int = 16 * 1024 * 1024):
+        super().__init__(name="weights-prefetch", daemon=True)
+        self.paths = list(paths)
+        self.block_bytes = block_bytes
+        self.bytes_read = 0
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        started = time.perf_counter()
+        buffer = bytearray(self.block_bytes)
+        for path in self.paths:
+            try:
+                with open(path, "rb", buffering=0) as handle:
+                    while n := handle.readinto(buffer):
+                        self.bytes_read += n
+            except OSError as err:  # the loader reads the file again and reports the real error
+                log.warning("prefetch of %s failed: %s", path, err)
+        self.seconds = time.perf_counter() - started
+
+
+def load_f5(model_cls: type, arch: dict, checkpoint: Path, vocab: Path | None, device: str) -> torch.nn.Module:
+    """Upstream's ``utils_infer.load_model`` + ``load_checkpoint`` (EMA weights), minus the two
+    costs they add on top of reading the file:
+
+    - the random initialisation of every parameter: parameters are created on the ``meta``
+      device (accelerate's ``init_empty_weights``; buffers such as the mel filterbank and the
+      text position table stay real), then the checkpoint's tensors are *assigned* by a strict
+      ``load_state_dict``, which fails on any missing or unexpected key;
+    - the copy into those parameters: on CPU, safetensors maps the file and the parameters are
+      views of the page cache (no second 1.3 GB in memory); on CUDA the tensors land on the GPU.
+
+    The module, dtype (``compute_dtype``) and values equal upstream's; ``tests/test_tts_model.py``
+    checks it against ``load_model`` itself.
+    """
+    from accelerate import init_empty_weights
+    from f5_tts.infer import utils_infer as U
+    from f5_tts.model import CFM
+    from f5_tts.model.utils import get_tokenizer
+
+    vocab_char_map, vocab_size = get_tokenizer(str(vocab or files("f5_tts").joinpath("infer/examples/vocab.txt")), "custom")
+    with init_empty_weights(include_buffers=False):
+        model = CFM(
+            transformer=model_cls(**arch, text_num_embeds=vocab_size, mel_dim=U.n_mel_channels),
+            mel_spec_kwargs=dict(
+                n_fft=U.n_fft,
+                hop_length=U.hop_length,
+                win_length=U.win_length,
+                n_mel_channels=U.n_mel_channels,
+                target_sample_rate=U.target_sample_rate,
+                mel_spec_type="vocos",
+            ),
+            odeint_kwargs=dict(method=U.ode_method),
+            vocab_char_map=vocab_char_map,
+        )
+    model.load_state_dict(ema_state_dict(checkpoint, device), assign=True)
+    return model.to(device=device, dtype=compute_dtype(device))
+
+
+def ema_state_dict(checkpoint: Path, device: str) -> dict[str, torch.Tensor]:
+    """The EMA weights of an upstream checkpoint, keyed as the model's (``load_checkpoint``'s rules)."""
+    if checkpoint.name.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        ema = load_file(str(checkpoint), device=device)
+    else:
+        ema = torch.load(str(checkpoint), map_location=device, weights_only=True)["ema_model_state_dict"]
+    state = {k.replace("ema_model.", ""): v for k, v in ema.items() if k not in ("initted", "step")}
+    for key in ("mel_spec.mel_stft.mel_scale.fb", "mel_spec.mel_stft.spectrogram.window"):  # upstream's 305e3ea patch
+        state.pop(key, None)
+    return state
+
+
+def load_vocos(vocoder_dir: Path, device: str) -> torch.nn.Module:
+    """Upstream's ``load_vocoder("vocos", is_local=True, ...)`` without the random init of the
+    parameters the strict ``load_state_dict`` then replaces (see ``load_f5``)."""
+    from accelerate import init_empty_weights
+    from vocos import Vocos
+
+    with init_empty_weights(include_buffers=False):
+        vocoder = Vocos.from_hparams(str(vocoder_dir / "config.yaml"))
+    state = torch.load(str(vocoder_dir / "pytorch_model.bin"), map_location="cpu", weights_only=True)
+    vocoder.load_state_dict(state, assign=True)
+    return vocoder.eval().to(device)
+
+
 class TTSModel:
     """One loaded F5-TTS + vocoder. ``synthesize`` is serialised: the model is not re-entrant,
     and the seed is global RNG state."""
@@ -59,40 +223,55 @@ class TTSModel:
         self.vocoder = vocoder
         self.device = device
         self.resolved = resolved
+        self.load_ms: dict[str, float] = {}  # where the start-up went, for logs and bench/
         self._lock = threading.Lock()
 
     @classmethod
     def load(
-        cls, sources: ModelSources, cache_dir: Path, allow_download: bool, device: str | None = None,
+        cls,
+        sources: ModelSources,
+        cache_dir: Path,
+        allow_download: bool,
+        device: str | None = None,
         fallbacks: Sequence[Path] = (),
+        half_dir: Path | None = None,
     ) -> TTSModel:
-        from f5_tts import model as f5_models
-        from f5_tts.infer.utils_infer import load_model, load_vocoder
+        """Load the model and vocoder (``load_f5``/``load_vocos``), reading the weights while
+        f5-tts is imported.
 
+        ``half_dir``: where ``write_half_precision_copy`` stores fp16 copies; one is used only
+        where upstream computes in fp16 (see ``weights_file``).
+        """
+        timings = Timings()
         device = device or pick_device()
-        started = time.perf_counter()
-        resolved = resolve_model(sources, cache_dir, allow_download, fallbacks)
-        try:
-            vocoder = load_vocoder("vocos", is_local=True, local_path=str(resolved.vocoder_dir), device=device)
-        except Exception as err:  # noqa: BLE001 - whatever the loader trips on, the file is the cause
-            raise ModelFilesCorrupt("the vocoder", sorted(resolved.vocoder_dir.iterdir()), err) from err
-        try:
-            model = load_model(
-                getattr(f5_models, resolved.backbone),
-                resolved.arch,
-                str(resolved.checkpoint),
-                mel_spec_type="vocos",
-                vocab_file=str(resolved.vocab or ""),
-                device=device,
-            )
-        except Exception as err:  # noqa: BLE001
-            files = [resolved.checkpoint, *([resolved.vocab] if resolved.vocab else [])]
-            raise ModelFilesCorrupt(f"the {resolved.name} model", files, err) from err
+        with timings.measure("resolve"):
+            resolved = resolve_model(sources, cache_dir, allow_download, fallbacks)
+            checkpoint = weights_file(resolved.checkpoint, device, half_dir)
+        prefetch = Prefetch([checkpoint, resolved.vocoder_dir / "pytorch_model.bin"])
+        prefetch.start()
+        with timings.measure("import"):
+            from f5_tts import model as f5_models
+            from f5_tts.infer import utils_infer  # noqa: F401 - the bulk of the imports, overlapping the read
+        with timings.measure("wait_prefetch"):
+            prefetch.join()
+        with timings.measure("vocoder"):
+            try:
+                vocoder = load_vocos(resolved.vocoder_dir, device)
+            except Exception as err:  # noqa: BLE001 - whatever the loader trips on, the file is the cause
+                raise ModelFilesCorrupt("the vocoder", sorted(resolved.vocoder_dir.iterdir()), err) from err
+        with timings.measure("model"):
+            try:
+                model = load_f5(getattr(f5_models, resolved.backbone), resolved.arch, checkpoint, resolved.vocab, device)
+            except Exception as err:  # noqa: BLE001
+                files = [checkpoint, *([resolved.vocab] if resolved.vocab else [])]
+                raise ModelFilesCorrupt(f"the {resolved.name} model", files, err) from err
+        instance = cls(model, vocoder, device, resolved)
+        instance.load_ms = {**timings.report(), "prefetch": round(prefetch.seconds * 1000, 2)}
         log.info(
-            "loaded %s (%s) from %s on %s in %.2fs",
-            resolved.name, resolved.backbone, resolved.checkpoint, device, time.perf_counter() - started,
+            "loaded %s (%s) from %s on %s in %.2fs (%s)",
+            resolved.name, resolved.backbone, checkpoint, device, instance.load_ms["total"] / 1000, instance.load_ms,
         )
-        return cls(model, vocoder, device, resolved)
+        return instance
 
     def plan(self, reference_s: float, ref_text: str, text: str, speed: float) -> list[str]:
         """``text`` split into the chunks upstream would synthesize one at a time."""
@@ -180,3 +359,22 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def main(argv: Sequence[str]) -> int:
+    """``half-copy``: write the fp16 copy of the configured model (provisioning step)."""
+    from storage import apply_cache_env
+
+    if list(argv) != ["half-copy"]:
+        print(__doc__)
+        return 2
+    cache = apply_cache_env()
+    resolved = resolve_model(ModelSources.from_env(), cache.hub_cache, False, cache.fallback_caches)  # after the download step
+    print(write_half_precision_copy(resolved.checkpoint, cache.half_weights))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

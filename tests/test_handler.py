@@ -81,6 +81,37 @@ def test_second_job_on_same_voice_reuses_prepared_reference(make_worker, bucket_
     assert worker.run(job("three", voice="alice"))["voice_cached"] is False
 
 
+def test_a_cached_voice_costs_one_list_and_the_output_one_put(make_worker, bucket_env, s3):
+    """The S3 requests per job: the first job on a voice downloads it and its transcript once;
+    later jobs only LIST (to see a replaced voice) and PUT the output."""
+    worker = make_worker(bucket_env)
+    calls: list[str] = []
+    worker.s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    worker.run(job("one", voice="alice"))
+    assert sorted(calls) == ["GetObject", "GetObject", "ListObjectsV2", "PutObject"]
+    calls.clear()
+    assert worker.run(job("two", voice="alice"))["voice_cached"] is True
+    assert calls == ["ListObjectsV2", "PutObject"]
+
+
+def test_a_new_transcript_invalidates_the_cached_voice(make_worker, bucket_env, s3):
+    worker = make_worker(bucket_env)
+    assert worker.run(job("one", voice="bob"))["voice_cached"] is False
+    s3.put_object(Bucket=bucket_env["BUCKET_NAME"], Key="voices/bob.txt", Body=b"Some call me nature.")
+    assert worker.run(job("two", voice="bob"))["voice_cached"] is False
+    assert worker.run(job("three", voice="bob"))["voice_cached"] is True
+
+
+def test_voice_cache_is_bounded(make_worker, bucket_env, s3):
+    worker = make_worker(bucket_env)
+    worker.voices.cache_size = 2
+    for voice in ("alice", "bob", "carol"):
+        assert worker.run(job(voice, voice=voice))["voice_cached"] is False
+    assert len(worker.voices._cache) == 2
+    assert worker.run(job("again", voice="alice"))["voice_cached"] is False  # the oldest went first
+    assert worker.run(job("carol2", voice="carol"))["voice_cached"] is True
+
+
 def test_same_seed_same_audio(make_worker):
     worker = make_worker({})
     a = worker.run(job("a", seed=11))["audio_base64"]

@@ -26,6 +26,18 @@ def test_list_exists_upload_download_presign(s3, bucket_env, tmp_path):
     assert s3_utils.read_text(s3, bucket, "voices/alice.txt").startswith("Some call me nature")
 
 
+def test_put_bytes_and_single_get_download(s3, bucket_env, tmp_path):
+    bucket = bucket_env["BUCKET_NAME"]
+    calls: list[str] = []
+    s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    data = bytes(range(256)) * 5000
+    s3_utils.put_bytes(s3, bucket, "outputs/c.wav", data, "audio/wav")
+    dst = s3_utils.download_file(s3, bucket, "outputs/c.wav", tmp_path / "c.wav")
+    assert dst.read_bytes() == data
+    assert calls == ["PutObject", "GetObject"]
+    assert s3.head_object(Bucket=bucket, Key="outputs/c.wav")["ContentType"] == "audio/wav"
+
+
 def test_listing_paginates(s3, bucket_env):
     bucket = bucket_env["BUCKET_NAME"]
     for i in range(1005):

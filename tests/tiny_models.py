@@ -63,25 +63,25 @@ def write_hub_file(hub_cache: Path, repo_id: str, filename: str, data: bytes, re
     return link
 
 
-def tiny_f5_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random DiT of ``TINY_ARCH`` inside CFM, keyed as upstream's EMA checkpoints are."""
+def tiny_f5_state_dict(seed: int = 0, arch: dict = TINY_ARCH) -> dict[str, torch.Tensor]:
+    """A random DiT of ``arch`` inside CFM, keyed as upstream's EMA checkpoints are."""
     from f5_tts.model import CFM, DiT
     from f5_tts.model.utils import get_tokenizer
 
     torch.manual_seed(seed)
     _, vocab_size = get_tokenizer(str(files("f5_tts").joinpath("infer/examples/vocab.txt")), "custom")
-    cfm = CFM(transformer=DiT(**TINY_ARCH, text_num_embeds=vocab_size, mel_dim=100))
+    cfm = CFM(transformer=DiT(**arch, text_num_embeds=vocab_size, mel_dim=100))
     return {f"ema_model.{k}": v.contiguous() for k, v in cfm.state_dict().items()}
 
 
-def tiny_vocos_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+def tiny_vocos_state_dict(seed: int = 0, config: dict = TINY_VOCOS) -> dict[str, torch.Tensor]:
     from vocos import Vocos
 
     torch.manual_seed(seed)
     return Vocos(
-        feature_extractor=_instantiate(TINY_VOCOS["feature_extractor"]),
-        backbone=_instantiate(TINY_VOCOS["backbone"]),
-        head=_instantiate(TINY_VOCOS["head"]),
+        feature_extractor=_instantiate(config["feature_extractor"]),
+        backbone=_instantiate(config["backbone"]),
+        head=_instantiate(config["head"]),
     ).state_dict()
 
 

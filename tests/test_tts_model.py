@@ -1,0 +1,187 @@
+"""The fast loading path against upstream's own ``load_model``/``load_vocoder``, the fp16 copy,
+the prefetch thread and the warm-up, on the tiny model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ALICE_TEXT, ROOT, TINY_ENV
+from tts_model import (
+    Prefetch,
+    SynthesisParams,
+    TTSModel,
+    half_precision_path,
+    load_f5,
+    weights_file,
+    write_half_precision_copy,
+)
+
+
+def upstream_load(checkpoint: Path, tiny_model: TTSModel) -> tuple[torch.nn.Module, torch.nn.Module]:
+    from f5_tts import model as f5_models
+    from f5_tts.infer.utils_infer import load_model, load_vocoder
+
+    resolved = tiny_model.resolved
+    model = load_model(getattr(f5_models, resolved.backbone), resolved.arch, str(checkpoint),
+                       mel_spec_type="vocos", vocab_file=str(resolved.vocab), device="cpu")
+    vocoder = load_vocoder("vocos", is_local=True, local_path=str(resolved.vocoder_dir), device="cpu")
+    return model, vocoder
+
+
+def assert_same_module(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
+    """Same parameters and buffers (non-persistent ones too), dtypes, devices and mode."""
+    assert ours.training == theirs.training
+    for kind in ("named_parameters", "named_buffers"):
+        a, b = dict(getattr(ours, kind)()), dict(getattr(theirs, kind)())
+        assert a.keys() == b.keys(), kind
+        for name in a:
+            assert a[name].device.type != "meta", name
+            assert a[name].dtype == b[name].dtype and a[name].device == b[name].device, name
+            assert torch.equal(a[name], b[name]), name
+
+
+def test_load_equals_upstream_load_model_and_load_vocoder(tiny_model: TTSModel):
+    from model_files import ModelSources
+
+    fresh = TTSModel.load(ModelSources.from_env(), Path(TINY_ENV["HF_HUB_CACHE"]), allow_download=False, device="cpu")
+    model, vocoder = upstream_load(tiny_model.resolved.checkpoint, tiny_model)
+    assert_same_module(fresh.model, model)
+    assert_same_module(fresh.vocoder, vocoder)
+
+
+def test_synthesis_is_bit_identical_to_upstream_loaded_model(tiny_model: TTSModel, tmp_path: Path):
+    from tests.conftest import reference_wav_bytes
+    from voices import prepare_reference
+
+    model, vocoder = upstream_load(tiny_model.resolved.checkpoint, tiny_model)
+    theirs = TTSModel(model, vocoder, "cpu", tiny_model.resolved)
+    path = tmp_path / "ref.wav"
+    path.write_bytes(reference_wav_bytes())
+    ref = prepare_reference(path, ALICE_TEXT)
+    params = SynthesisParams(nfe_step=4, seed=3)
+    a = tiny_model.synthesize(ref.audio, ref.text, "Loading must not change a sample.", params)
+    b = theirs.synthesize(ref.audio, ref.text, "Loading must not change a sample.", params)
+    assert a.shape == b.shape and np.array_equal(a, b)
+
+
+def test_load_reports_where_start_up_went(tiny_model: TTSModel):
+    assert {"resolve", "import", "wait_prefetch", "vocoder", "model", "prefetch", "total"} <= set(tiny_model.load_ms)
+
+
+def test_load_rejects_a_checkpoint_missing_keys(tiny_model: TTSModel, tmp_path: Path):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tiny_model.resolved.checkpoint))
+    state.pop(next(k for k in state if k.endswith(".weight")))
+    broken = tmp_path / "broken.safetensors"
+    save_file(state, str(broken))
+    from f5_tts import model as f5_models
+
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_f5(f5_models.DiT, tiny_model.resolved.arch, broken, tiny_model.resolved.vocab, "cpu")
+
+
+@pytest.fixture
+def own_checkpoint(tiny_model: TTSModel, tmp_path: Path) -> Path:
+    """A private copy of the tiny checkpoint, so tests can rewrite it."""
+    path = tmp_path / "src" / "model.safetensors"
+    path.parent.mkdir()
+    shutil.copyfile(tiny_model.resolved.checkpoint, path)
+    return path
+
+
+def test_half_copy_is_fp16_atomic_and_written_once(own_checkpoint: Path, tmp_path: Path):
+    from safetensors.torch import load_file
+
+    half_dir = tmp_path / "half"
+    copy = write_half_precision_copy(own_checkpoint, half_dir)
+    assert copy == half_precision_path(own_checkpoint, half_dir) and copy.name.endswith(".fp16.safetensors")
+    assert [p.name for p in half_dir.iterdir()] == [copy.name]  # no partial file left behind
+    source, half = load_file(str(own_checkpoint)), load_file(str(copy))
+    assert source.keys() == half.keys()
+    for key, value in source.items():
+        assert half[key].dtype == (torch.float16 if value.is_floating_point() else value.dtype)
+        if value.is_floating_point():
+            # upstream on CUDA: model.to(float16), then load_state_dict copy_()s the fp32 tensors in
+            upstream_cast = torch.empty_like(value, dtype=torch.float16).copy_(value)
+            assert torch.equal(half[key], upstream_cast)
+        else:
+            assert torch.equal(half[key], value)
+    assert copy.stat().st_size < 0.6 * own_checkpoint.stat().st_size
+    written = copy.stat().st_mtime_ns
+    assert write_half_precision_copy(own_checkpoint, half_dir) == copy and copy.stat().st_mtime_ns == written
+
+
+def test_a_new_checkpoint_gets_a_new_half_copy(own_checkpoint: Path, tmp_path: Path):
+    half_dir = tmp_path / "half"
+    first = write_half_precision_copy(own_checkpoint, half_dir)
+    own_checkpoint.write_bytes(own_checkpoint.read_bytes())  # same name, new file: new mtime
+    os.utime(own_checkpoint, ns=(first.stat().st_mtime_ns + 10**9,) * 2)
+    assert half_precision_path(own_checkpoint, half_dir) != first
+    assert weights_file(own_checkpoint, "cpu", half_dir) == own_checkpoint
+
+
+def test_half_copy_is_used_only_where_upstream_computes_in_fp16(own_checkpoint: Path, tmp_path: Path,
+                                                               tiny_model: TTSModel, monkeypatch):
+    import tts_model
+
+    half_dir = tmp_path / "half"
+    copy = write_half_precision_copy(own_checkpoint, half_dir)
+    assert weights_file(own_checkpoint, "cpu", half_dir) == own_checkpoint  # CPU computes in fp32
+    assert weights_file(own_checkpoint, "cpu", None) == own_checkpoint
+    monkeypatch.setattr(tts_model, "compute_dtype", lambda device: torch.float16)
+    assert weights_file(own_checkpoint, "cuda", half_dir) == copy
+
+
+def test_half_copy_loads_like_upstream_loads_it(own_checkpoint: Path, tmp_path: Path, tiny_model: TTSModel):
+    """Where the copy is loaded, the result equals upstream's load of the same file (its cast)."""
+    from f5_tts import model as f5_models
+
+    copy = write_half_precision_copy(own_checkpoint, tmp_path / "half")
+    resolved = tiny_model.resolved
+    ours = load_f5(getattr(f5_models, resolved.backbone), resolved.arch, copy, resolved.vocab, "cpu")
+    theirs, _ = upstream_load(copy, tiny_model)
+    assert_same_module(ours, theirs)
+
+
+def test_half_copy_cli_writes_the_configured_models_copy(tmp_path: Path):
+    env = {**os.environ, **TINY_ENV}
+    out = subprocess.run([sys.executable, "tts_model.py", "half-copy"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    path = Path(out.stdout.strip().splitlines()[-1])
+    assert path.is_file() and path.parent == Path(TINY_ENV["HF_HOME"]) / "f5tts-fp16"
+    path.unlink()
+
+
+def test_prefetch_reads_every_byte_and_survives_a_missing_file(own_checkpoint: Path, tmp_path: Path):
+    prefetch = Prefetch([own_checkpoint, tmp_path / "missing.bin"], block_bytes=4096)
+    prefetch.start()
+    prefetch.join(timeout=30)
+    assert not prefetch.is_alive()
+    assert prefetch.bytes_read == own_checkpoint.stat().st_size
+
+
+@pytest.mark.parametrize(("setting", "device", "expected"), [
+    ("auto", "cuda", True), ("auto", "cuda:0", True), ("auto", "cpu", False),
+    ("1", "cpu", True), ("0", "cuda", False), (" ON ", "cpu", True), ("off", "cuda", False),
+])
+def test_warm_up_setting(setting: str, device: str, expected: bool):
+    from runpod_handler import wants_warm_up
+
+    assert wants_warm_up(setting, device) is expected
+
+
+def test_warm_up_synthesizes_and_leaves_the_default_voice_prepared(make_worker):
+    worker = make_worker({})
+    assert "synthesize" in worker.warm_up()
+    result = worker.run({"id": "first", "input": {"text": "Hello.", "nfe_step": 4}})
+    assert result["voice_cached"] is True and "prepare_reference" not in result["timings_ms"]
