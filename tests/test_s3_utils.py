@@ -26,12 +26,14 @@ def test_list_exists_upload_download_presign(s3, bucket_env, tmp_path):
     assert s3_utils.read_text(s3, bucket, "voices/alice.txt").startswith("Some call me nature")
 
 
-def test_put_bytes_and_single_get_download(s3, bucket_env, tmp_path):
+def test_single_put_upload_and_single_get_download(s3, bucket_env, tmp_path):
     bucket = bucket_env["BUCKET_NAME"]
     calls: list[str] = []
     s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
     data = bytes(range(256)) * 5000
-    s3_utils.put_bytes(s3, bucket, "outputs/c.wav", data, "audio/wav")
+    src = tmp_path / "out.wav"
+    src.write_bytes(data)
+    s3_utils.upload_file(s3, bucket, "outputs/c.wav", src, "audio/wav")
     dst = s3_utils.download_file(s3, bucket, "outputs/c.wav", tmp_path / "c.wav")
     assert dst.read_bytes() == data
     assert calls == ["PutObject", "GetObject"]
