@@ -268,8 +268,9 @@ class TTSModel:
         instance = cls(model, vocoder, device, resolved)
         instance.load_ms = {**timings.report(), "prefetch": round(prefetch.seconds * 1000, 2)}
         log.info(
-            "loaded %s (%s) from %s on %s in %.2fs (%s)",
-            resolved.name, resolved.backbone, checkpoint, device, instance.load_ms["total"] / 1000, instance.load_ms,
+            "loaded %s (%s) from %s with the vocoder from %s on %s in %.2fs (%s)",
+            resolved.name, resolved.backbone, checkpoint, resolved.vocoder_dir, device,
+            instance.load_ms["total"] / 1000, instance.load_ms,
         )
         return instance
 

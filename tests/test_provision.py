@@ -119,8 +119,8 @@ def test_worker_starts_offline_from_runpods_cache_and_the_image(fake_hub, start_
     worker = start_worker(env)
     assert worker.post("/runsync", {"input": JOB})["status"] == "COMPLETED"
     log = worker.log()
-    assert f"model :  {runpod_cache / tiny_repo}" in log
-    assert f"Load vocos from local path {TINY_ENV['HF_HUB_CACHE']}/models--charactr--vocos-mel-24khz" in log
+    assert f"from {runpod_cache / tiny_repo}/snapshots/" in log
+    assert f"with the vocoder from {TINY_ENV['HF_HUB_CACHE']}/models--charactr--vocos-mel-24khz/snapshots/" in log
     assert fake_hub.requests == [] and not (volume / "models" / "hub").exists()
 
 
