@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from model_files import ModelConfigError, ModelFilesMissing, ModelSources, resolve_file
+from storage import is_true
 from timings import Timings
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ ASR_FILES = (
     "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json",
     "normalizer.json", "model.safetensors",
 )
-TRUE = ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class AsrSettings:
         if repo_id.count("/") != 1 or not all(repo_id.split("/")):
             raise ModelConfigError(f"ASR_MODEL={repo_id!r} is not a Hugging Face repo id of the form owner/name")
         return cls(
-            enabled=env.get("ASR_ENABLED", "0").strip().lower() in TRUE,
+            enabled=is_true(env.get("ASR_ENABLED")),
             repo_id=repo_id,
             language=env.get("ASR_LANGUAGE") or None,
         )

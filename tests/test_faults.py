@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from model_files import VOCODER_REPO
 from tests.conftest import ALICE_TEXT, TINY_ENV, TINY_HOME, encode_as, free_port, populate_bucket, reference_wav_bytes
 from tests.s3_servers import MotoProcess, S3Proxy
-from tests.tiny_models import REVISION as TINY_REVISION
-from tests.tiny_models import TINY_REPO, VOCODER_REPO
+from tests.tiny_models import REVISION as TINY_REVISION, TINY_REPO
 
 FAST = {"nfe_step": 4, "seed": 3}
 # Retries and timeouts tightened so the bounded-retry timings below stay short.

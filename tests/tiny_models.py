@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from model_files import VOCODER_REPO
+
 TINY_REPO = "tiny-random/f5-tts"
 TINY_WHISPER_REPO = "tiny-random/whisper"
 # The tiny Whisper's text tokens: whole words, so that its random output reads as words.
@@ -25,27 +27,31 @@ TINY_WHISPER_WORDS = (
     "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
     "quebec romeo sierra tango uniform victor whiskey xray yankee zulu one two three four five six seven"
 ).split()
-VOCODER_REPO = "charactr/vocos-mel-24khz"
 REVISION = "0" * 39 + "1"
 TINY_ARCH = {
     "dim": 64, "depth": 2, "heads": 2, "ff_mult": 2, "text_dim": 32, "conv_layers": 1,
     "text_mask_padding": True, "qk_norm": None, "pe_attn_head": None,
     "attn_backend": "torch", "attn_mask_enabled": False, "checkpoint_activations": False,
 }
-TINY_VOCOS = {
-    "feature_extractor": {
-        "class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
-        "init_args": {"sample_rate": 24000, "n_fft": 1024, "hop_length": 256, "n_mels": 100, "padding": "center"},
-    },
-    "backbone": {
-        "class_path": "vocos.models.VocosBackbone",
-        "init_args": {"input_channels": 100, "dim": 32, "intermediate_dim": 96, "num_layers": 1},
-    },
-    "head": {
-        "class_path": "vocos.heads.ISTFTHead",
-        "init_args": {"dim": 32, "n_fft": 1024, "hop_length": 256, "padding": "center"},
-    },
-}
+def vocos_config(dim: int, intermediate_dim: int, num_layers: int) -> dict:
+    """A charactr/vocos-mel-24khz config.yaml with the backbone's sizes chosen (published: 512, 1536, 8)."""
+    return {
+        "feature_extractor": {
+            "class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
+            "init_args": {"sample_rate": 24000, "n_fft": 1024, "hop_length": 256, "n_mels": 100, "padding": "center"},
+        },
+        "backbone": {
+            "class_path": "vocos.models.VocosBackbone",
+            "init_args": {"input_channels": 100, "dim": dim, "intermediate_dim": intermediate_dim, "num_layers": num_layers},
+        },
+        "head": {
+            "class_path": "vocos.heads.ISTFTHead",
+            "init_args": {"dim": dim, "n_fft": 1024, "hop_length": 256, "padding": "center"},
+        },
+    }
+
+
+TINY_VOCOS = vocos_config(dim=32, intermediate_dim=96, num_layers=1)
 
 
 def write_hub_file(hub_cache: Path, repo_id: str, filename: str, data: bytes, revision: str = REVISION) -> Path:
