@@ -148,11 +148,13 @@ class SpeechRecognizer:
         import torch
         from transformers import pipeline
 
+        from tts_model import pick_device
+
         started = time.perf_counter()
         paths = [resolve_file(ref, self.cache_dir, self.allow_download, self.fallbacks) for ref in self.settings.file_refs()]
         if len({p.parent for p in paths}) != 1:
             raise ModelFilesMissing(f"the files of {self.settings.repo_id} are not in one snapshot: {paths}")
-        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = self.device or pick_device()
         dtype = self.dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
         pipe = pipeline("automatic-speech-recognition", model=str(paths[0].parent), dtype=dtype, device=device)
         log.info("loaded ASR model %s on %s (%s) in %.2fs", self.settings.repo_id, device, dtype,

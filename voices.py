@@ -8,6 +8,7 @@ voice (new ETag) is picked up on its next use.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -94,6 +95,14 @@ def prepare_reference(path: Path, text: str) -> Reference:
     return Reference(audio=prepare_audio(path), text=normalise_ref_text(text))
 
 
+@functools.cache
+def builtin_voice() -> tuple[Path, str]:
+    """The English clip packaged with f5-tts and its transcript (from upstream's basic.toml)."""
+    examples = files("f5_tts").joinpath("infer/examples/basic")
+    text = tomllib.loads(examples.joinpath("basic.toml").read_text())["ref_text"]
+    return Path(str(examples.joinpath("basic_ref_en.wav"))), text
+
+
 class VoiceLibrary:
     """Resolves voice names to prepared references, with a bounded LRU cache."""
 
@@ -109,18 +118,16 @@ class VoiceLibrary:
         """The prepared reference for ``name`` and whether it came from the cache."""
         if name == DEFAULT_VOICE:
             return self._default(ref_text, timings)
-        if self.client is None or not self.bucket.configured:
+        if not self.has_bucket:
             raise VoiceError(f"voice {name!r} needs a bucket, and BUCKET_NAME is not set")
         return self._from_s3(name, ref_text, workdir, timings)
 
     def list_voices(self) -> list[dict[str, Any]]:
         """Every usable voice: the built-in one, then the bucket's, by name."""
-        examples = files("f5_tts").joinpath("infer/examples/basic")
-        builtin = Path(str(examples.joinpath("basic_ref_en.wav")))
-        voices = [{"name": DEFAULT_VOICE, "builtin": True, "format": "wav",
-                   "transcript": tomllib.loads(examples.joinpath("basic.toml").read_text())["ref_text"],
+        builtin, builtin_text = builtin_voice()
+        voices = [{"name": DEFAULT_VOICE, "builtin": True, "format": "wav", "transcript": builtin_text,
                    "size": builtin.stat().st_size, "last_modified": None}]
-        if self.client is None or not self.bucket.configured:
+        if not self.has_bucket:
             return voices
         prefix = self.bucket.voices_prefix
         objects = {o["Key"]: o for o in s3_utils.list_s3_objects(self.client, self.bucket.name, prefix)}
@@ -167,8 +174,12 @@ class VoiceLibrary:
         log.info("deleted voice %s: %s", name, keys)
         return {"name": name, "deleted": keys}
 
+    @property
+    def has_bucket(self) -> bool:
+        return self.client is not None and self.bucket.configured
+
     def _require_bucket(self) -> None:
-        if self.client is None or not self.bucket.configured:
+        if not self.has_bucket:
             raise VoiceError("voice management needs a bucket, and BUCKET_NAME is not set")
 
     def _keys(self, name: str) -> list[str]:
@@ -182,6 +193,15 @@ class VoiceLibrary:
         prefix = self.bucket.voices_prefix
         return next((objects[k] for k in (f"{prefix}{name}.{ext}" for ext in audio.VOICE_EXTENSIONS) if k in objects), None)
 
+    def _download_clip(self, name: str, clip: dict, workdir: Path) -> Path:
+        """The listed clip into ``workdir``, cut off at ``MAX_VOICE_BYTES`` (the object may have
+        been replaced by a larger one since it was listed)."""
+        try:
+            return s3_utils.download_file(self.client, self.bucket.name, clip["Key"], workdir / Path(clip["Key"]).name,
+                                          max_bytes=MAX_VOICE_BYTES)
+        except s3_utils.ObjectTooLarge as err:
+            raise VoiceError(f"voice {name!r}: {err}") from err
+
     def _cached(self, key: tuple, build) -> tuple[Reference, bool]:
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -193,9 +213,8 @@ class VoiceLibrary:
         return reference, False
 
     def _default(self, ref_text: str | None, timings: Timings) -> tuple[Reference, bool]:
-        examples = files("f5_tts").joinpath("infer/examples/basic")
-        text = ref_text or tomllib.loads(examples.joinpath("basic.toml").read_text())["ref_text"]
-        path = Path(str(examples.joinpath("basic_ref_en.wav")))
+        path, builtin_text = builtin_voice()
+        text = ref_text or builtin_text
 
         def build() -> Reference:
             with timings.measure("prepare_reference"):
@@ -226,12 +245,9 @@ class VoiceLibrary:
 
         def build() -> Reference:
             with timings.measure("fetch_voice"):
+                local = self._download_clip(name, clip, workdir)
                 try:
-                    local = s3_utils.download_file(self.client, bucket, clip["Key"], workdir / Path(clip["Key"]).name,
-                                                   max_bytes=MAX_VOICE_BYTES)
                     text = ref_text if ref_text is not None else s3_utils.read_text(self.client, bucket, transcript["Key"])
-                except s3_utils.ObjectTooLarge as err:
-                    raise VoiceError(f"voice {name!r}: {err}") from err
                 except UnicodeDecodeError as err:
                     raise VoiceError(f"voice {name!r}: transcript {transcript['Key']} is not UTF-8 text") from err
             if not text.strip():
@@ -252,7 +268,7 @@ class VoiceLibrary:
         and this worker's cache holds the reference under the sidecar's ETag."""
         bucket, key = self.bucket.name, f"{self.bucket.voices_prefix}{name}.txt"
         with timings.measure("fetch_voice"):
-            local = s3_utils.download_file(self.client, bucket, clip["Key"], workdir / Path(clip["Key"]).name)
+            local = self._download_clip(name, clip, workdir)
         with timings.measure("prepare_reference"):
             wave = prepare_audio(local)
         with timings.measure("transcribe_reference"):
