@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,13 +28,9 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tests.net import free_port, stop_process  # noqa: E402
+
 JOB = {"text": "Cold start of the worker, measured.", "nfe_step": 4, "seed": 1, "return_word_timings": True}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_and_time(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str, float]:
@@ -55,14 +50,6 @@ def start_and_time(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, st
             return proc, url, time.perf_counter() - started
         except requests.ConnectionError:
             time.sleep(0.02)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def timed_job(url: str) -> dict[str, float]:
@@ -113,7 +100,7 @@ def main() -> None:
                         first_jobs.append(timed_job(url))
                         second_jobs.append(timed_job(url))
                 finally:
-                    stop(proc)
+                    stop_process(proc)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

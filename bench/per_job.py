@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -27,15 +26,10 @@ from importlib.resources import files
 from pathlib import Path
 
 from tests.tiny_models import build_tiny_cache
+from tests.net import free_port
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs away into the quiet forest."
 VOICE_TEXT = "Some call me nature, others call me mother nature."
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pct(values: list[float], q: float) -> float:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import requests
 import soundfile as sf
 
 from tests.fake_hub import fake_hub  # noqa: F401 - fixture: a Hugging Face hub on 127.0.0.1
-from tests.s3_servers import stop_process
+from tests.net import free_port, stop_process
 from tests.tiny_models import build_tiny_cache, tiny_model_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,12 +74,6 @@ def encode_as(data: bytes, fmt: str, subtype: str) -> bytes:
 
 def decode(data: bytes) -> tuple[np.ndarray, int]:
     return sf.read(io.BytesIO(data), dtype="float32")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

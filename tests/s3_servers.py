@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 
 import requests
 
+from tests.net import stop_process
+
 REQUEST_LINE = re.compile(rb"(GET|PUT|POST|HEAD|DELETE) (\S+) HTTP/1\.[01]\r\n")
 MOTO_SERVER = Path(sys.executable).with_name("moto_server")
 
@@ -174,16 +176,6 @@ class S3Proxy:
             elif not _send(dst, data):
                 return
         _reset(dst)
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL after 10 s."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _recv(sock: socket.socket) -> bytes:
