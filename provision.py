@@ -1,228 +1,50 @@
-"""Put the configured model's files into a Hugging Face cache, safely for many workers at once.
+"""Provisioning CLI: put the configured model's files into a Hugging Face cache.
 
     python provision.py fetch                          # into $HF_HUB_CACHE (/runpod-volume/models/hub)
     python provision.py fetch --cache /opt/f5tts/hub   # what Dockerfile.runpod runs to bake weights
+    python provision.py half-copy                      # the fp16 copy of the cached checkpoint (CUDA workers)
 
-The files are those the worker loads: the checkpoint, vocab and config chosen by F5TTS_MODEL /
-F5TTS_CKPT_FILE / F5TTS_VOCAB_FILE / F5TTS_MODEL_CONFIG (see ``model_files.py``) and the Vocos
-vocoder's config and weights. The worker calls ``fetch`` itself when a file is in none of the model
-caches, so a first start on an empty volume takes exactly this path.
-
-What ``huggingface_hub`` 1.33 already guarantees, and what this module adds to it:
-
-* Never a torn file: ``hf_hub_download`` writes each download to its own
-  ``blobs/<etag>.<random>.incomplete`` and renames it to ``blobs/<etag>`` only once the byte count
-  matches the hub's size. We keep that, and also check the bytes against the ETag (sha256 for LFS
-  files, the git blob sha1 otherwise).
-* No resume across processes: a killed download leaves its temp file behind, never reused and still
-  taking space, and the next attempt starts again from byte 0. We delete the leftovers of the files
-  about to be downloaded (under the lease, before measuring free space).
-* Its lock is a per-file ``flock``. Some network filesystems grant an ``flock`` to every caller
-  (huggingface_hub's own comment names Lustre, GPFS and some NFS mounts); then N workers download N
-  copies into N temp files, N times the space. We hold one lease on the cache for the whole fetch,
-  so the free-space check and the downloads of all files happen under it, and workers that waited
-  find the files without a single request: ``filelock.SoftFileLease``, an ``O_EXCL`` marker file
-  (any filesystem with exclusive create) refreshed by a heartbeat thread. A holder that died on this
-  host is taken over at once; one on another host, or a hung one, once its marker has gone
-  ``LEASE_S`` seconds without a heartbeat.
-* Its free-space check only warns. We add up the sizes of the files still to download (from the hub's
-  metadata) and stop before the first byte when they do not fit, naming needed and available bytes.
+The files are those the worker loads (:func:`f5worker.model_files.worker_file_refs`); the lease,
+free-space and ETag checks are :func:`f5worker.model_cache.fetch`'s, the same path the worker takes
+when a file is in none of the model caches.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
-import re
-import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
-from asr import worker_file_refs
-from model_files import HubFile, ModelConfigError, ModelFilesMissing, ModelSources, find_cached, first_line, is_hub_ref
-from storage import apply_cache_env
-
-log = logging.getLogger("f5tts.provision")
-
-LEASE_S = 60.0  # every contender for one cache must use the same value (filelock refuses a mismatch)
-LOCK_TIMEOUT_S = 1800.0  # how long a worker waits for another one's download before giving up
-LEASE_FILE = ".locks/f5tts-provision.lease"
+from f5worker.model_cache import LOCK_TIMEOUT_S, fetch, resolve_model
+from f5worker.model_files import ModelConfigError, ModelFilesMissing, ModelSources, worker_file_refs
+from f5worker.storage import CachePaths, apply_cache_env
 
 
-class VolumeTooSmall(ModelFilesMissing):
-    """The cache's filesystem has less free space than the files still to be downloaded."""
-
-
-@dataclass(frozen=True)
-class FetchedFile:
-    ref: str
-    path: Path
-    size: int
-    downloaded: bool
-
-
-@dataclass(frozen=True)
-class _Download:
-    hub: HubFile
-    size: int | None  # None: the hub sent no size
-    blob: Path  # where hf_hub_download will put it: <cache>/<repo folder>/blobs/<etag>
-
-
-def disk_free(path: Path) -> int:
-    """Free bytes on the filesystem holding ``path``, or that will hold it (nearest existing parent)."""
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
-@contextmanager
-def cache_lease(cache_dir: Path, timeout_s: float = LOCK_TIMEOUT_S, lease_s: float = LEASE_S) -> Iterator[Path]:
-    """Hold the provisioning lease of ``cache_dir``; yields the marker's path."""
-    from filelock import SoftFileLease, Timeout
-
-    marker = cache_dir / LEASE_FILE
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    lease = SoftFileLease(marker, lease_duration=lease_s, timeout=timeout_s)
-    try:
-        try:
-            lease.acquire(timeout=0)
-        except Timeout:
-            log.info("waiting for another worker that is provisioning %s (lease %s)", cache_dir, marker)
-            lease.acquire()
-    except Timeout as err:
-        raise ModelFilesMissing(
-            f"another worker has been provisioning {cache_dir} for over {timeout_s:.0f}s (its lease {marker} "
-            "is still refreshed): let it finish, or stop it"
-        ) from err
-    try:
-        yield marker
-    finally:
-        lease.release()
-
-
-def fetch(
-    refs: Sequence[str],
-    cache_dir: Path,
-    *,
-    free_bytes: Callable[[Path], int] = disk_free,
-    lock_timeout_s: float = LOCK_TIMEOUT_S,
-    lease_s: float = LEASE_S,
-) -> list[FetchedFile]:
-    """Make every ``hf://`` ref of ``refs`` present in ``cache_dir``; local paths must exist.
-
-    Files already in ``cache_dir`` cost no network call and no lock. Raises ``ModelFilesMissing``
-    (``VolumeTooSmall`` when they cannot fit) with the reason; nothing half-written is left in place.
-    """
-    for ref in refs:
-        if not is_hub_ref(ref) and not Path(ref).expanduser().is_file():
-            raise ModelFilesMissing(f"model file {ref} does not exist")
-    hubs = [HubFile.parse(ref) for ref in refs if is_hub_ref(ref)]
-    downloaded: set[HubFile] = set()
-    if any(find_cached(hub, [cache_dir]) is None for hub in hubs):
-        with cache_lease(cache_dir, lock_timeout_s, lease_s):
-            # Whatever another worker fetched while we waited is not fetched again.
-            plan = [_plan(hub, cache_dir) for hub in hubs if find_cached(hub, [cache_dir]) is None]
-            _remove_leftovers(plan)
-            _check_space(plan, cache_dir, free_bytes)
-            for item in plan:
-                _download(item, cache_dir)
-                downloaded.add(item.hub)
-    results = []
-    for ref in refs:
-        hub = HubFile.parse(ref) if is_hub_ref(ref) else None
-        path = Path(ref).expanduser() if hub is None else find_cached(hub, [cache_dir])
-        if path is None:  # only if something removed it under our feet
-            raise ModelFilesMissing(f"{ref} vanished from {cache_dir} right after being fetched")
-        results.append(FetchedFile(ref, path, path.stat().st_size, hub in downloaded))
-    return results
-
-
-def _plan(hub: HubFile, cache_dir: Path) -> _Download:
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-    try:
-        meta = get_hf_file_metadata(hf_hub_url(hub.repo_id, hub.filename))
-    except Exception as err:  # noqa: BLE001 - offline, network, auth, 404: all mean "cannot fetch"
-        raise ModelFilesMissing(
-            f"{hub} is not in {cache_dir} and its metadata could not be fetched "
-            f"({type(err).__name__}: {first_line(err)})"
-        ) from err
-    if not meta.etag:
-        raise ModelFilesMissing(f"{hub}: the hub sent no ETag, so the download could not be verified")
-    return _Download(hub=hub, size=meta.size, blob=cache_dir / hub.repo_folder / "blobs" / meta.etag)
-
-
-def _remove_leftovers(plan: Sequence[_Download]) -> None:
-    """Delete the temp files of interrupted downloads of these very blobs (under the lease, every
-    writer of them is gone: huggingface_hub never resumes from them)."""
-    for item in plan:
-        if not item.blob.parent.is_dir():
-            continue
-        for leftover in item.blob.parent.glob(f"{item.blob.name}*.incomplete"):
-            size = leftover.stat().st_size
-            leftover.unlink(missing_ok=True)
-            log.info("removed %s (%d bytes) left by an interrupted download", leftover, size)
-
-
-def _check_space(plan: Sequence[_Download], cache_dir: Path, free_bytes: Callable[[Path], int]) -> None:
-    pending = [item for item in plan if not item.blob.exists()]
-    if not pending:
-        return
-    for item in pending:
-        if item.size is None:
-            log.warning("%s: the hub sent no size; the free-space check cannot count it", item.hub)
-    needed = sum(item.size or 0 for item in pending)
-    available = free_bytes(cache_dir)
-    if needed > available:
-        raise VolumeTooSmall(
-            f"{cache_dir} needs {needed:,} bytes ({_human(needed)}) for {len(pending)} model file(s) "
-            f"but its filesystem has {available:,} bytes ({_human(available)}) free: "
-            "enlarge the network volume or free space on it"
-        )
-
-
-def _download(item: _Download, cache_dir: Path) -> None:
-    from huggingface_hub import hf_hub_download
-
+def fetch_command(cache: Path, lock_timeout_s: float) -> int:
     started = time.perf_counter()
     try:
-        pointer = Path(hf_hub_download(item.hub.repo_id, item.hub.filename, cache_dir=cache_dir))
-    except Exception as err:  # noqa: BLE001 - network, auth, consistency: all mean "not downloaded"
-        raise ModelFilesMissing(
-            f"{item.hub} could not be downloaded into {cache_dir} ({type(err).__name__}: {first_line(err)})"
-        ) from err
-    blob = pointer.resolve()
-    if etag_matches(blob, blob.name) is False:
-        pointer.unlink(missing_ok=True)
-        blob.unlink(missing_ok=True)
-        raise ModelFilesMissing(f"{item.hub}: the downloaded bytes do not match the hub's ETag {blob.name}; removed")
-    log.info("downloaded %s (%d bytes) in %.1fs", item.hub, blob.stat().st_size, time.perf_counter() - started)
+        results = fetch(worker_file_refs(ModelSources.from_env()), cache, lock_timeout_s=lock_timeout_s)
+    except (ModelFilesMissing, ModelConfigError) as err:
+        print(f"provision: {err}", file=sys.stderr)
+        return 1
+    for result in results:
+        print(f"{'downloaded' if result.downloaded else 'present':<10} {result.size:>14,}  {result.ref}  {result.path}")
+    print(f"{len(results)} files, {sum(r.size for r in results):,} bytes in {cache}, "
+          f"{sum(r.downloaded for r in results)} downloaded, {time.perf_counter() - started:.1f}s")
+    return 0
 
 
-def etag_matches(path: Path, etag: str) -> bool | None:
-    """Whether ``path`` holds the bytes the hub's ETag names: the sha256 of an LFS file or the git
-    blob sha1 of a regular one. ``None`` when the ETag is neither (nothing to check against)."""
-    if re.fullmatch(r"[0-9a-f]{64}", etag):
-        digest = hashlib.sha256()
-    elif re.fullmatch(r"[0-9a-f]{40}", etag):
-        digest = hashlib.sha1()  # noqa: S324 - git's object id, not a security check
-        digest.update(b"blob %d\0" % path.stat().st_size)
-    else:
-        return None
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest() == etag
+def half_copy_command(paths: CachePaths) -> int:
+    """The fp16 copy of the cached checkpoint (after ``fetch``), for workers that compute in fp16."""
+    from f5worker.tts_model import write_half_precision_copy
 
-
-def _human(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+    resolved = resolve_model(ModelSources.from_env(), paths.hub_cache, False, paths.fallback_caches)
+    print(write_half_precision_copy(resolved.checkpoint, paths.half_weights))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,23 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     fetch_cmd.add_argument("--cache", type=Path, help="the cache to fill (default: $HF_HUB_CACHE)")
     fetch_cmd.add_argument("--lock-timeout", type=float, default=LOCK_TIMEOUT_S,
                            help="seconds to wait for another worker's download (default: %(default)s)")
+    commands.add_parser("half-copy", help="write the fp16 copy of the cached checkpoint")
     args = parser.parse_args(argv)
 
     paths = apply_cache_env()  # before huggingface_hub is imported: it reads HF_* once
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per HEAD/GET otherwise
-    cache = args.cache or paths.hub_cache
-    started = time.perf_counter()
-    try:
-        results = fetch(worker_file_refs(ModelSources.from_env()), cache, lock_timeout_s=args.lock_timeout)
-    except (ModelFilesMissing, ModelConfigError) as err:
-        print(f"provision: {err}", file=sys.stderr)
-        return 1
-    for result in results:
-        print(f"{'downloaded' if result.downloaded else 'present':<10} {result.size:>14,}  {result.ref}  {result.path}")
-    print(f"{len(results)} files, {sum(r.size for r in results):,} bytes in {cache}, "
-          f"{sum(r.downloaded for r in results)} downloaded, {time.perf_counter() - started:.1f}s")
-    return 0
+    if args.command == "half-copy":
+        return half_copy_command(paths)
+    return fetch_command(args.cache or paths.hub_cache, args.lock_timeout)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ removed whatever happens. Jobs with an ``action`` manage the bucket's voices ins
 
 from __future__ import annotations
 
-from storage import apply_cache_env
+from f5worker.storage import apply_cache_env
 
 CACHE = apply_cache_env()  # before anything imports huggingface_hub
 
@@ -37,24 +37,21 @@ import numpy as np  # noqa: E402
 from botocore.client import BaseClient  # noqa: E402
 from botocore.exceptions import BotoCoreError, ClientError  # noqa: E402
 
-import audio  # noqa: E402
-import s3_utils  # noqa: E402
-import subtitles  # noqa: E402
-import url_fetch  # noqa: E402
-from asr import AsrSettings, SpeechRecognizer  # noqa: E402
-from job_input import (  # noqa: E402
-    InputError,
-    JobRequest,
-    ListVoicesRequest,
-    SynthesisRequest,
-    UploadVoiceRequest,
-    parse_job,
-)
-from model_files import ModelConfigError, ModelFilesCorrupt, ModelFilesMissing, ModelSources  # noqa: E402
-from storage import BucketSettings, is_true, make_job_dir, scratch_root  # noqa: E402
-from timings import Timings  # noqa: E402
-from tts_model import OUT_OF_MEMORY, SAMPLE_RATE, SynthesisParams, TTSModel, release_memory  # noqa: E402
-from voices import DEFAULT_VOICE, MAX_UPLOAD_BYTES, VoiceError, VoiceLibrary  # noqa: E402
+from f5worker import audio  # noqa: E402
+from f5worker import s3  # noqa: E402
+from f5worker import subtitles  # noqa: E402
+from f5worker import url_fetch  # noqa: E402
+from f5worker.asr import SpeechRecognizer  # noqa: E402
+from f5worker.model_files import AsrSettings  # noqa: E402
+from f5worker.contract import InputError, JobRequest, ListVoicesRequest, SynthesisRequest, UploadVoiceRequest, parse_job  # noqa: E402
+from f5worker.model_files import ModelConfigError, ModelFilesCorrupt, ModelFilesMissing, ModelSources  # noqa: E402
+from f5worker.storage import BucketSettings, is_true, make_job_dir, scratch_root  # noqa: E402
+from f5worker.timings import Timings  # noqa: E402
+from f5worker.contract import SynthesisParams  # noqa: E402
+from f5worker.formats import OUTPUT_FORMATS, SAMPLE_RATE, SUBTITLE_FORMATS  # noqa: E402
+from f5worker.tts_model import OUT_OF_MEMORY, TTSModel, release_memory  # noqa: E402
+from f5worker.contract import DEFAULT_VOICE, MAX_UPLOAD_BYTES  # noqa: E402
+from f5worker.voices import VoiceError, VoiceLibrary  # noqa: E402
 
 log = logging.getLogger("f5tts.worker")
 
@@ -84,14 +81,14 @@ class Worker:
     @classmethod
     def from_env(cls) -> Worker:
         bucket = BucketSettings.from_env()
-        s3 = s3_utils.make_client(bucket) if bucket.configured else None
+        client = s3.make_client(bucket) if bucket.configured else None
         allow_download = not is_true(os.environ.get("HF_HUB_OFFLINE"))
         model = TTSModel.load(ModelSources.from_env(), CACHE.hub_cache, allow_download,
                               fallbacks=CACHE.fallback_caches, half_dir=CACHE.half_weights)
         asr_settings = AsrSettings.from_env()
         asr = (SpeechRecognizer(asr_settings, CACHE.hub_cache, allow_download, fallbacks=CACHE.fallback_caches)
                if asr_settings.enabled else None)
-        worker = cls(model=model, voices=VoiceLibrary(s3, bucket, recognizer=asr), bucket=bucket, s3=s3, asr=asr)
+        worker = cls(model=model, voices=VoiceLibrary(client, bucket, recognizer=asr), bucket=bucket, s3=client, asr=asr)
         if wants_warm_up(os.environ.get("F5TTS_WARMUP", "auto"), model.device):
             worker.warm_up()
         log.info("worker ready: bucket=%s asr=%s", bucket.name or "(none: results inline)",
@@ -131,7 +128,7 @@ class Worker:
             return {"error": str(err)}
         except (ClientError, BotoCoreError) as err:
             log.warning("job %s: S3 error: %s", job_id, err)
-            return {"error": s3_utils.describe_error(err, self.bucket.name)}
+            return {"error": s3.describe_error(err, self.bucket.name)}
         except OUT_OF_MEMORY as err:
             log.error("job %s: out of memory: %s", job_id, str(err))
             # The failed job's frames hold its tensors; clear them even if something (a log
@@ -240,13 +237,13 @@ class Worker:
                     f"{MAX_INLINE_BASE64_BYTES}-byte inline limit: configure a bucket or pick mp3/ogg"
                 )
             return [{"audio_base64": base64.b64encode(path.read_bytes()).decode("ascii")} for path in paths]
-        content_type = audio.OUTPUT_FORMATS[request.output_format].content_type
+        content_type = OUTPUT_FORMATS[request.output_format].content_type
         delivered = []
         for i, path in enumerate(paths):
             key = f"{self.bucket.outputs_prefix}{output_stem(job_id, request, i)}.{request.output_format}"
             with timings.measure("upload"):
-                s3_utils.upload_file(self.s3, self.bucket.name, key, path, content_type)
-                url = s3_utils.presigned_url(self.s3, self.bucket.name, key)
+                s3.upload_file(self.s3, self.bucket.name, key, path, content_type)
+                url = s3.presigned_url(self.s3, self.bucket.name, key)
             delivered.append({"audio_key": key, "audio_url": url, "bucket": self.bucket.name})
         return delivered
 
@@ -263,8 +260,8 @@ class Worker:
             return {**result, "subtitles": text}
         key = f"{self.bucket.outputs_prefix}{stem}.{request.subtitles}"
         with timings.measure("upload"):
-            s3_utils.put_text(self.s3, self.bucket.name, key, text, subtitles.SUBTITLE_FORMATS[request.subtitles])
-            url = s3_utils.presigned_url(self.s3, self.bucket.name, key)
+            s3.put_text(self.s3, self.bucket.name, key, text, SUBTITLE_FORMATS[request.subtitles])
+            url = s3.presigned_url(self.s3, self.bucket.name, key)
         return {**result, "subtitles_key": key, "subtitles_url": url}
 
 

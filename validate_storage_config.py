@@ -44,12 +44,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asr import worker_file_refs
-from model_files import (
-    PUBLISHED_FILE_BYTES, HubFile, IncompleteFile, ModelConfigError, ModelFilesMissing, ModelSources,
-    is_hub_ref, parse_model_config, resolve_file, verify_complete,
-)
-from storage import JOB_DIR_PREFIX, LEGACY_CACHE_VARS, BucketSettings, CachePaths, scratch_root
+from f5worker.model_files import worker_file_refs
+from f5worker.model_cache import IncompleteFile, resolve_file, verify_complete
+from f5worker.model_files import PUBLISHED_FILE_BYTES, HubFile, ModelConfigError, ModelFilesMissing, ModelSources, is_hub_ref, parse_model_config
+from f5worker.storage import JOB_DIR_PREFIX, LEGACY_CACHE_VARS, BucketSettings, CachePaths, scratch_root
 
 ROOT = Path(__file__).resolve().parent
 PROBE_PREFIX = "_validate/"  # S3 scratch prefix for the probe object, deleted again at once

@@ -53,9 +53,11 @@ def main() -> None:
     import torch
     from f5_tts.api import F5TTS
 
-    from model_files import ModelSources
-    from tts_model import SAMPLE_RATE, SynthesisParams, TTSModel
-    from voices import prepare_reference
+    from f5worker.model_files import ModelSources
+    from f5worker.contract import SynthesisParams
+    from f5worker.formats import SAMPLE_RATE
+    from f5worker.tts_model import TTSModel
+    from f5worker.voices import prepare_reference
 
     examples = files("f5_tts").joinpath("infer/examples/basic")
     ref_wav = str(examples.joinpath("basic_ref_en.wav"))

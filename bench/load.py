@@ -132,7 +132,7 @@ def run_one(worker, i: int) -> tuple[int, dict[str, Any], dict[str, Any]]:
 
 def run_load(worker, s3, bucket: str, jobs: int, clients: int = 3) -> LoadReport:
     """Send ``jobs`` jobs to ``worker`` (a ``tests.conftest.WorkerProcess``), then verify."""
-    from storage import JOB_DIR_PREFIX
+    from f5worker.storage import JOB_DIR_PREFIX
     from tests.conftest import decode
 
     report = LoadReport(sent=jobs)
@@ -192,7 +192,7 @@ def main() -> None:
     from tests.tiny_models import build_tiny_cache
 
     import s3_utils
-    from storage import BucketSettings
+    from f5worker.storage import BucketSettings
 
     work = TINY_HOME / "load"
     work.mkdir()

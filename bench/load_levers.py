@@ -59,7 +59,7 @@ def main() -> None:
     from f5_tts.model import DiT
 
     from bench.full_model import full_arch
-    from tts_model import load_f5, load_vocos, write_half_precision_copy
+    from f5worker.tts_model import load_f5, load_vocos, write_half_precision_copy
 
     arch = full_arch()
     cases = {

@@ -69,8 +69,8 @@ def main() -> None:
 
 def run(args: argparse.Namespace, scratch: Path) -> None:
     import runpod_handler
-    from tts_model import SynthesisParams
-    from voices import prepare_reference
+    from f5worker.contract import SynthesisParams
+    from f5worker.voices import prepare_reference
 
     worker = runpod_handler.Worker.from_env()
     s3, bucket = worker.s3, worker.bucket.name

@@ -92,7 +92,7 @@ def bucket_env(moto_endpoint: str) -> dict[str, str]:
     """A fresh bucket holding voices ``alice`` (wav), ``bob`` (flac) and ``carol`` (mp3), each with
     its transcript, and ``mute`` (wav, no transcript)."""
     from s3_utils import make_client
-    from storage import BucketSettings
+    from f5worker.storage import BucketSettings
 
     env = {"BUCKET_NAME": f"test-{uuid.uuid4().hex[:12]}", "BUCKET_ENDPOINT_URL": moto_endpoint, **S3_CREDENTIALS}
     populate_bucket(make_client(BucketSettings.from_env(env)), env["BUCKET_NAME"])
@@ -118,15 +118,15 @@ def populate_bucket(s3, bucket: str) -> None:
 @pytest.fixture
 def s3(bucket_env: dict[str, str]):
     from s3_utils import make_client
-    from storage import BucketSettings
+    from f5worker.storage import BucketSettings
 
     return make_client(BucketSettings.from_env(bucket_env))
 
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from model_files import ModelSources
-    from tts_model import TTSModel
+    from f5worker.model_files import ModelSources
+    from f5worker.tts_model import TTSModel
 
     return TTSModel.load(ModelSources.from_env(), Path(TINY_ENV["HF_HUB_CACHE"]), allow_download=False, device="cpu")
 
@@ -145,12 +145,13 @@ def make_worker(tiny_model, scratch: Path) -> Callable[[dict[str, str]], object]
     """An in-process ``Worker`` on the session's tiny model with the bucket settings of ``env``."""
     from runpod_handler import Worker
     from s3_utils import make_client
-    from storage import BucketSettings
-    from voices import VoiceLibrary
+    from f5worker.storage import BucketSettings
+    from f5worker.voices import VoiceLibrary
 
     def make(env: dict[str, str], asr: bool = False) -> Worker:
         """``asr``: with a fresh (not yet loaded) recognizer on the tiny Whisper, as ``ASR_ENABLED=1``."""
-        from asr import AsrSettings, SpeechRecognizer
+        from f5worker.asr import SpeechRecognizer
+        from f5worker.model_files import AsrSettings
 
         bucket = BucketSettings.from_env(env)
         client = make_client(bucket) if bucket.configured else None

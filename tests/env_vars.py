@@ -1,4 +1,4 @@
-"""The environment variables the worker's code reads, found in its source (top-level ``*.py``)."""
+"""The environment variables the worker's code reads, found in its source (the entry points and ``f5worker/``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ READ = re.compile(r"""(?:\bget|\bgetenv|\bsetdefault)\(\s*["']([A-Z][A-Z0-9_]*)[
 
 def env_vars_read_by_code() -> set[str]:
     names = set()
-    for path in ROOT.glob("*.py"):
+    for path in [*ROOT.glob("*.py"), *ROOT.glob("f5worker/*.py")]:
         for match in READ.finditer(path.read_text()):
             names.add(match[1] or match[2])
     return names

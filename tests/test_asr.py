@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asr import ASR_FILES, DEFAULT_ASR_MODEL, AsrSettings, SpeechRecognizer, asr_file_refs
-from model_files import ModelConfigError, ModelFilesMissing
+from f5worker.asr import SpeechRecognizer
+from f5worker.model_files import ASR_FILES, DEFAULT_ASR_MODEL, AsrSettings, asr_file_refs
+from f5worker.model_files import ModelConfigError, ModelFilesMissing
 from tests.conftest import ROOT, TINY_ENV, decode, reference_wav_bytes
 from tests.tiny_models import TINY_WHISPER_REPO
-from timings import Timings
+from f5worker.timings import Timings
 
 HUB = Path(TINY_ENV["HF_HUB_CACHE"])
 

@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 
-import audio
-from voices import REF_MAX_S, VoiceError, normalise_ref_text, prepare_reference
+from f5worker import audio
+from f5worker.voices import REF_MAX_S, VoiceError, normalise_ref_text, prepare_reference
 
 SR = 24_000
 

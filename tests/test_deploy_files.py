@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from job_input import MAX_TEXT_CHARS, parse_request
-from model_files import BUILTIN_CHECKPOINTS, DEFAULT_MODEL, HubFile, ModelSources, resolve_model
-from storage import BucketSettings, CachePaths
+from f5worker.contract import MAX_TEXT_CHARS, parse_request
+from f5worker.model_cache import resolve_model
+from f5worker.model_files import BUILTIN_CHECKPOINTS, DEFAULT_MODEL, HubFile, ModelSources
+from f5worker.storage import BucketSettings, CachePaths
 from tests.conftest import ROOT, TINY_ENV, decode
 from tests.env_vars import env_vars_read_by_code
 from tests.fake_hub import FakeHub
@@ -61,7 +62,9 @@ def test_every_copy_source_exists_and_nothing_is_put_under_the_volume():
             assert list(ROOT.glob(source)), f"COPY {source}: no such file"
         assert not dest.startswith("/runpod-volume")
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert not {"*.py", "requirements.txt", "requirements-f5tts.txt"} & set(ignored)
+    assert not {"*.py", "f5worker", "requirements.txt", "requirements-f5tts.txt"} & set(ignored)
+    copied = {source for args in copies for source in shlex.split(args)[:-1]}
+    assert {"f5worker/", "*.py"} <= copied  # the package and the entry points
     assert all("/runpod-volume" not in args for name, args in instructions() if name in ("RUN", "COPY", "WORKDIR"))
 
 

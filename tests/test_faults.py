@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_files import VOCODER_REPO
+from f5worker.model_files import VOCODER_REPO
 from tests.conftest import ALICE_TEXT, TINY_ENV, TINY_HOME, encode_as, free_port, populate_bucket, reference_wav_bytes
 from tests.s3_servers import MotoProcess, S3Proxy
 from tests.tiny_models import REVISION as TINY_REVISION, TINY_REPO
@@ -104,7 +104,7 @@ def test_refused_credentials_fail_s3_jobs_only(start_worker, tmp_path):
         key_id, secret = moto.enforce_credentials()
         env = {"BUCKET_NAME": "voices-auth", "BUCKET_ENDPOINT_URL": moto.url, "BUCKET_REGION": "us-east-1"}
         from s3_utils import make_client
-        from storage import BucketSettings
+        from f5worker.storage import BucketSettings
 
         populate_bucket(make_client(BucketSettings.from_env(
             {**env, "BUCKET_ACCESS_KEY_ID": key_id, "BUCKET_SECRET_ACCESS_KEY": secret})), env["BUCKET_NAME"])
@@ -285,7 +285,7 @@ class OutOfMemoryOnce:
 
 def test_out_of_memory_frees_memory_and_the_next_job_runs(make_worker, bucket_env, scratch, monkeypatch):
     import runpod_handler
-    import tts_model
+    from f5worker import tts_model
 
     released = []
     monkeypatch.setattr(runpod_handler, "release_memory", lambda: released.append(tts_model.release_memory()))

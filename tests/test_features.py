@@ -45,10 +45,10 @@ def test_long_text_is_reproducible_with_a_seed(make_worker):
 
 
 def test_text_over_the_limit_is_a_clear_error(make_worker):
-    import job_input
+    from f5worker import contract
 
-    error = make_worker({}).run(job(text="x" * (job_input.MAX_TEXT_CHARS + 1)))["error"]
-    assert error == f"input.text: is {job_input.MAX_TEXT_CHARS + 1} characters, over the limit of {job_input.MAX_TEXT_CHARS}"
+    error = make_worker({}).run(job(text="x" * (contract.MAX_TEXT_CHARS + 1)))["error"]
+    assert error == f"input.text: is {contract.MAX_TEXT_CHARS + 1} characters, over the limit of {contract.MAX_TEXT_CHARS}"
 
 
 # ---------------------------------------------------------------- streaming
@@ -271,9 +271,9 @@ def test_upload_errors(make_worker, bucket_env, fields, expected):
 
 
 def test_upload_size_cap_on_base64(make_worker, bucket_env, monkeypatch):
-    import job_input
+    from f5worker import contract
 
-    monkeypatch.setattr(job_input, "MAX_UPLOAD_BYTES", 3000)
+    monkeypatch.setattr(contract, "MAX_UPLOAD_BYTES", 3000)
     raw = {"name": "eve", "transcript": "Hi.", "audio_base64": base64.b64encode(reference_wav_bytes()).decode()}
     assert "over the limit of 4000" in make_worker(bucket_env).run(action("upload_voice", **raw))["error"]
 

@@ -12,7 +12,7 @@ import requests
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from job_input import KNOWN_FIELDS
+from f5worker.contract import KNOWN_FIELDS
 from tests.conftest import decode
 from tests.s3_servers import S3Proxy
 

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from model_files import (
-    BUILTIN_CHECKPOINTS, HubFile, ModelConfigError, ModelFilesMissing, ModelSources, parse_model_config,
-    resolve_file, resolve_model,
-)
+from f5worker.model_cache import resolve_file, resolve_model
+from f5worker.model_files import BUILTIN_CHECKPOINTS, HubFile, ModelConfigError, ModelFilesMissing, ModelSources, parse_model_config
 from tests.conftest import TINY_ENV
 from tests.tiny_models import TINY_ARCH
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from model_files import HubFile, ModelFilesMissing, ModelSources, find_cached, resolve_file, resolve_model
-from storage import CachePaths
+from f5worker.model_cache import find_cached, resolve_file, resolve_model
+from f5worker.model_files import HubFile, ModelFilesMissing, ModelSources
+from f5worker.storage import CachePaths
 from tests.conftest import TINY_ENV
 from tests.tiny_models import write_hub_file
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from model_files import HubFile, ModelFilesMissing, ModelSources
-from provision import LEASE_FILE, LEASE_S, cache_lease, etag_matches
-from storage import CachePaths
+from f5worker.model_files import HubFile, ModelFilesMissing, ModelSources
+from f5worker.model_cache import LEASE_FILE, LEASE_S, cache_lease, etag_matches
+from f5worker.storage import CachePaths
 from tests.conftest import BUCKET_ENV_KEYS, ROOT, TINY_ENV
 from tests.fake_hub import FakeHub, git_blob_sha1
 from tests.tiny_models import tiny_model_env
@@ -196,14 +196,16 @@ def test_a_killed_download_is_never_used_and_the_next_run_recovers(fake_hub, tmp
 def test_a_too_small_volume_fails_before_downloading_with_needed_and_available(fake_hub, tmp_path):
     cache = tmp_path / "volume" / "models" / "hub"
     script = (
-        "import sys, storage\n"
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from f5worker import storage\n"
         "storage.apply_cache_env()  # as every entry point does, before huggingface_hub is imported\n"
-        "import provision\n"
-        "from model_files import ModelSources\n"
+        "from f5worker import model_cache\n"
+        "from f5worker.model_files import ModelSources\n"
         "try:\n"
-        "    provision.fetch(ModelSources.from_env().file_refs(), provision.Path(sys.argv[1]),\n"
-        "                   free_bytes=lambda path: 1_000_000)\n"
-        "except provision.VolumeTooSmall as err:\n"
+        "    model_cache.fetch(ModelSources.from_env().file_refs(), Path(sys.argv[1]),\n"
+        "                      free_bytes=lambda path: 1_000_000)\n"
+        "except model_cache.VolumeTooSmall as err:\n"
         "    print(err)\n"
         "    sys.exit(3)\n"
     )
@@ -221,8 +223,10 @@ def test_a_too_small_volume_fails_before_downloading_with_needed_and_available(f
 
 def _hold_lease(cache: Path, lease_s: float) -> subprocess.Popen[str]:
     script = (
-        "import sys, time, provision\n"
-        "with provision.cache_lease(provision.Path(sys.argv[1]), lease_s=float(sys.argv[2])):\n"
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from f5worker.model_cache import cache_lease\n"
+        "with cache_lease(Path(sys.argv[1]), lease_s=float(sys.argv[2])):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(120)\n"
     )

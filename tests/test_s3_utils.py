@@ -7,7 +7,7 @@ import requests
 from botocore.exceptions import ClientError
 
 import s3_utils
-from storage import BucketSettings
+from f5worker.storage import BucketSettings
 
 
 def test_list_exists_upload_download_presign(s3, bucket_env, tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from provision import LEASE_FILE, LEASE_S, LOCK_TIMEOUT_S
-from storage import CachePaths
+from f5worker.model_cache import LEASE_FILE, LEASE_S, LOCK_TIMEOUT_S
+from f5worker.storage import CachePaths
 from tests.conftest import ROOT
 from tests.env_vars import env_vars_read_by_code
 

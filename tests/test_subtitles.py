@@ -9,8 +9,8 @@ import webvtt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asr import Word, clean_words
-from subtitles import MAX_CUE_CHARS, group_cues, to_srt, to_vtt
+from f5worker.asr import Word, clean_words
+from f5worker.subtitles import MAX_CUE_CHARS, group_cues, to_srt, to_vtt
 
 times = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-100, 100))
 chunks = st.lists(st.fixed_dictionaries({

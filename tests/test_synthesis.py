@@ -10,10 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage import BucketSettings
-from timings import Timings
-from tts_model import SAMPLE_RATE, CrossFader, SynthesisParams, cross_fade
-from voices import VoiceLibrary
+from f5worker.storage import BucketSettings
+from f5worker.timings import Timings
+from f5worker.contract import SynthesisParams
+from f5worker.formats import SAMPLE_RATE
+from f5worker.tts_model import CrossFader, cross_fade
+from f5worker.voices import VoiceLibrary
 
 LONG_TEXT = " ".join(["The quick brown fox jumps over the lazy dog, and then it runs away."] * 5)
 

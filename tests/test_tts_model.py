@@ -14,15 +14,8 @@ import pytest
 import torch
 
 from tests.conftest import ALICE_TEXT, ROOT, TINY_ENV
-from tts_model import (
-    Prefetch,
-    SynthesisParams,
-    TTSModel,
-    half_precision_path,
-    load_f5,
-    weights_file,
-    write_half_precision_copy,
-)
+from f5worker.contract import SynthesisParams
+from f5worker.tts_model import Prefetch, TTSModel, half_precision_path, load_f5, weights_file, write_half_precision_copy
 
 
 def upstream_load(checkpoint: Path, tiny_model: TTSModel) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -49,7 +42,7 @@ def assert_same_module(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
 
 
 def test_load_equals_upstream_load_model_and_load_vocoder(tiny_model: TTSModel):
-    from model_files import ModelSources
+    from f5worker.model_files import ModelSources
 
     fresh = TTSModel.load(ModelSources.from_env(), Path(TINY_ENV["HF_HUB_CACHE"]), allow_download=False, device="cpu")
     model, vocoder = upstream_load(tiny_model.resolved.checkpoint, tiny_model)
@@ -59,7 +52,7 @@ def test_load_equals_upstream_load_model_and_load_vocoder(tiny_model: TTSModel):
 
 def test_synthesis_is_bit_identical_to_upstream_loaded_model(tiny_model: TTSModel, tmp_path: Path):
     from tests.conftest import reference_wav_bytes
-    from voices import prepare_reference
+    from f5worker.voices import prepare_reference
 
     model, vocoder = upstream_load(tiny_model.resolved.checkpoint, tiny_model)
     theirs = TTSModel(model, vocoder, "cpu", tiny_model.resolved)
@@ -132,7 +125,7 @@ def test_a_new_checkpoint_gets_a_new_half_copy(own_checkpoint: Path, tmp_path: P
 
 def test_half_copy_is_used_only_where_upstream_computes_in_fp16(own_checkpoint: Path, tmp_path: Path,
                                                                tiny_model: TTSModel, monkeypatch):
-    import tts_model
+    from f5worker import tts_model
 
     half_dir = tmp_path / "half"
     copy = write_half_precision_copy(own_checkpoint, half_dir)
@@ -155,7 +148,7 @@ def test_half_copy_loads_like_upstream_loads_it(own_checkpoint: Path, tmp_path: 
 
 def test_half_copy_cli_writes_the_configured_models_copy(tmp_path: Path):
     env = {**os.environ, **TINY_ENV}
-    out = subprocess.run([sys.executable, "tts_model.py", "half-copy"], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "provision.py", "half-copy"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     path = Path(out.stdout.strip().splitlines()[-1])

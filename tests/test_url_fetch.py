@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from url_fetch import FetchError, fetch, public_address
+from f5worker.model_cache import fetch
+from f5worker.url_fetch import FetchError, public_address
 
 BODY = b"RIFF" + bytes(range(256)) * 40
 

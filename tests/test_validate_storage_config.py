@@ -26,8 +26,9 @@ import pytest
 import requests
 
 import validate_storage_config as v
-from model_files import BUILTIN_CHECKPOINTS, PUBLISHED_FILE_BYTES, VOCODER_REPO, IncompleteFile, verify_complete
-from storage import JOB_DIR_PREFIX
+from f5worker.model_cache import IncompleteFile, verify_complete
+from f5worker.model_files import BUILTIN_CHECKPOINTS, PUBLISHED_FILE_BYTES, VOCODER_REPO
+from f5worker.storage import JOB_DIR_PREFIX
 from tests.conftest import BUCKET_ENV_KEYS, ROOT, S3_CREDENTIALS, TINY_ENV, free_port
 from tests.tiny_models import TINY_REPO, tiny_model_env
 

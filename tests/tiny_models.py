@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from model_files import VOCODER_REPO
+from f5worker.model_files import VOCODER_REPO
 
 TINY_REPO = "tiny-random/f5-tts"
 TINY_WHISPER_REPO = "tiny-random/whisper"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import tomllib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,16 +22,15 @@ import numpy as np
 import torch
 from botocore.client import BaseClient
 
-import audio
-import s3_utils
-from asr import SpeechRecognizer
-from storage import BucketSettings
-from timings import Timings
-from tts_model import SAMPLE_RATE
+from f5worker import audio, s3
+from f5worker.asr import SpeechRecognizer
+from f5worker.contract import DEFAULT_VOICE, VOICE_NAME
+from f5worker.formats import OUTPUT_FORMATS, SAMPLE_RATE, VOICE_EXTENSIONS
+from f5worker.storage import BucketSettings
+from f5worker.timings import Timings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VOICE = "default"
 REF_MAX_S = 12.0  # F5-TTS is trained on references of at most ~12 s; upstream clips there too
 REF_MIN_S = 0.5
 REF_TAIL_S = 0.05  # upstream appends 50 ms of silence to the reference
@@ -41,8 +39,6 @@ REF_TAIL_S = 0.05  # upstream appends 50 ms of silence to the reference
 MAX_VOICE_BYTES = int(os.environ.get("VOICE_MAX_BYTES", str(50 * 1024 * 1024)))
 MAX_VOICE_SECONDS = float(os.environ.get("VOICE_MAX_SECONDS", "300"))  # only the first 12 s are used
 MAX_TRANSCRIPT_BYTES = 16 * 1024
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # an uploaded clip, before conversion (base64 or URL)
-VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 class VoiceError(ValueError):
@@ -130,7 +126,7 @@ class VoiceLibrary:
         if not self.has_bucket:
             return voices
         prefix = self.bucket.voices_prefix
-        objects = {o["Key"]: o for o in s3_utils.list_s3_objects(self.client, self.bucket.name, prefix)}
+        objects = {o["Key"]: o for o in s3.list_s3_objects(self.client, self.bucket.name, prefix)}
         names = sorted({Path(k[len(prefix):]).stem for k in objects})
         for name in names:
             clip = self._clip(objects, name) if VOICE_NAME.fullmatch(name) else None
@@ -139,7 +135,7 @@ class VoiceLibrary:
             transcript = objects.get(f"{prefix}{name}.txt")
             voices.append({
                 "name": name, "builtin": False, "format": clip["Key"].rsplit(".", 1)[1],
-                "transcript": s3_utils.read_text(self.client, self.bucket.name, transcript["Key"]) if transcript else None,
+                "transcript": s3.read_text(self.client, self.bucket.name, transcript["Key"]) if transcript else None,
                 "size": clip["Size"], "last_modified": clip["LastModified"].isoformat(),
             })
         return voices
@@ -156,9 +152,9 @@ class VoiceLibrary:
         out = workdir / f"{name}.wav"
         audio.write(wave, SAMPLE_RATE, "wav", out)
         audio_key, text_key = f"{prefix}{name}.wav", f"{prefix}{name}.txt"
-        s3_utils.upload_file(self.client, bucket, audio_key, out, audio.OUTPUT_FORMATS["wav"].content_type)
-        s3_utils.put_text(self.client, bucket, text_key, transcript.strip())
-        s3_utils.delete_objects(self.client, bucket, [k for k in existing if k not in (audio_key, text_key)])
+        s3.upload_file(self.client, bucket, audio_key, out, OUTPUT_FORMATS["wav"].content_type)
+        s3.put_text(self.client, bucket, text_key, transcript.strip())
+        s3.delete_objects(self.client, bucket, [k for k in existing if k not in (audio_key, text_key)])
         log.info("stored voice %s (%.2fs of %.2fs) at s3://%s/%s", name, len(wave) / SAMPLE_RATE, source_s, bucket, audio_key)
         return {"name": name, "audio_key": audio_key, "transcript_key": text_key, "sample_rate": SAMPLE_RATE,
                 "duration_s": round(len(wave) / SAMPLE_RATE, 3), "source_duration_s": round(source_s, 3),
@@ -170,7 +166,7 @@ class VoiceLibrary:
         keys = self._keys(name)
         if not keys:
             raise VoiceError(f"voice {name!r} not found")
-        s3_utils.delete_objects(self.client, self.bucket.name, keys)
+        s3.delete_objects(self.client, self.bucket.name, keys)
         log.info("deleted voice %s: %s", name, keys)
         return {"name": name, "deleted": keys}
 
@@ -185,21 +181,21 @@ class VoiceLibrary:
     def _keys(self, name: str) -> list[str]:
         """The voice's clip(s) and transcript in the bucket."""
         prefix = f"{self.bucket.voices_prefix}{name}."
-        wanted = {f"{prefix}{ext}" for ext in (*audio.VOICE_EXTENSIONS, "txt")}
-        return sorted(o["Key"] for o in s3_utils.list_s3_objects(self.client, self.bucket.name, prefix) if o["Key"] in wanted)
+        wanted = {f"{prefix}{ext}" for ext in (*VOICE_EXTENSIONS, "txt")}
+        return sorted(o["Key"] for o in s3.list_s3_objects(self.client, self.bucket.name, prefix) if o["Key"] in wanted)
 
     def _clip(self, objects: dict[str, dict], name: str) -> dict | None:
         """The clip a job on ``name`` uses: the first of ``VOICE_EXTENSIONS`` present."""
         prefix = self.bucket.voices_prefix
-        return next((objects[k] for k in (f"{prefix}{name}.{ext}" for ext in audio.VOICE_EXTENSIONS) if k in objects), None)
+        return next((objects[k] for k in (f"{prefix}{name}.{ext}" for ext in VOICE_EXTENSIONS) if k in objects), None)
 
     def _download_clip(self, name: str, clip: dict, workdir: Path) -> Path:
         """The listed clip into ``workdir``, cut off at ``MAX_VOICE_BYTES`` (the object may have
         been replaced by a larger one since it was listed)."""
         try:
-            return s3_utils.download_file(self.client, self.bucket.name, clip["Key"], workdir / Path(clip["Key"]).name,
+            return s3.download_file(self.client, self.bucket.name, clip["Key"], workdir / Path(clip["Key"]).name,
                                           max_bytes=MAX_VOICE_BYTES)
-        except s3_utils.ObjectTooLarge as err:
+        except s3.ObjectTooLarge as err:
             raise VoiceError(f"voice {name!r}: {err}") from err
 
     def _cached(self, key: tuple, build) -> tuple[Reference, bool]:
@@ -225,10 +221,10 @@ class VoiceLibrary:
     def _from_s3(self, name: str, ref_text: str | None, workdir: Path, timings: Timings) -> tuple[Reference, bool]:
         bucket, prefix = self.bucket.name, self.bucket.voices_prefix
         with timings.measure("fetch_voice"):
-            objects = {o["Key"]: o for o in s3_utils.list_s3_objects(self.client, bucket, f"{prefix}{name}.")}
+            objects = {o["Key"]: o for o in s3.list_s3_objects(self.client, bucket, f"{prefix}{name}.")}
         clip = self._clip(objects, name)
         if clip is None:
-            raise VoiceError(f"voice {name!r} not found: no {prefix}{name}.{{{','.join(audio.VOICE_EXTENSIONS)}}} in the bucket")
+            raise VoiceError(f"voice {name!r} not found: no {prefix}{name}.{{{','.join(VOICE_EXTENSIONS)}}} in the bucket")
         if clip["Size"] > MAX_VOICE_BYTES:
             raise VoiceError(f"voice {name!r} is {clip['Size']} bytes, over the {MAX_VOICE_BYTES}-byte limit")
         if clip["Size"] == 0:
@@ -247,7 +243,7 @@ class VoiceLibrary:
             with timings.measure("fetch_voice"):
                 local = self._download_clip(name, clip, workdir)
                 try:
-                    text = ref_text if ref_text is not None else s3_utils.read_text(self.client, bucket, transcript["Key"])
+                    text = ref_text if ref_text is not None else s3.read_text(self.client, bucket, transcript["Key"])
                 except UnicodeDecodeError as err:
                     raise VoiceError(f"voice {name!r}: transcript {transcript['Key']} is not UTF-8 text") from err
             if not text.strip():
@@ -276,7 +272,7 @@ class VoiceLibrary:
         if not text:
             raise VoiceError(f"voice {name!r} has no transcript {key} and no speech was recognised in it; upload one")
         with timings.measure("store_transcript"):
-            etag = s3_utils.put_text(self.client, bucket, key, text)
+            etag = s3.put_text(self.client, bucket, key, text)
         log.info("transcribed voice %s and stored s3://%s/%s: %r", name, bucket, key, text)
         reference = Reference(audio=wave, text=normalise_ref_text(text))
         return self._cached((clip["Key"], clip["ETag"], ("etag", etag)), lambda: reference)

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from audio import OUTPUT_FORMATS, STREAM_FORMATS
-from subtitles import SUBTITLE_FORMATS
-from tts_model import SynthesisParams
-from voices import DEFAULT_VOICE, MAX_UPLOAD_BYTES, VOICE_NAME
+from f5worker.formats import OUTPUT_FORMATS, STREAM_FORMATS, SUBTITLE_FORMATS
 
 MAX_TEXT_CHARS = int(os.environ.get("MAX_TEXT_CHARS", "5000"))
 MAX_REF_TEXT_CHARS = 1000
 MAX_TEXTS = int(os.environ.get("MAX_TEXTS", "16"))
 MAX_URL_CHARS = 2048
+DEFAULT_VOICE = "default"
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # an uploaded clip, before conversion (base64 or URL)
+VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 SEED_MAX = 2**32 - 1
 FIELD_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -42,6 +42,16 @@ OPENAI_FIELDS = {"model", "input", "response_format"}
 # OpenAI response_format -> native output_format; OpenAI's default is mp3
 OPENAI_FORMATS = {"mp3": "mp3", "opus": "ogg", "flac": "flac", "wav": "wav", "pcm": "pcm"}
 ACTIONS = ("synthesize", "list_voices", "upload_voice", "delete_voice")
+
+
+@dataclass(frozen=True)
+class SynthesisParams:
+    nfe_step: int = 32
+    cfg_strength: float = 2.0
+    sway_sampling_coef: float = -1.0
+    speed: float = 1.0
+    cross_fade_duration: float = 0.15
+    seed: int = 0
 
 
 class InputError(ValueError):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,29 +16,11 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from f5worker.formats import OUTPUT_FORMATS
+
 FRAME_MS = 10
 
 
-@dataclass(frozen=True)
-class OutputFormat:
-    container: str
-    subtype: str
-    content_type: str
-    endian: str = "FILE"
-
-
-OUTPUT_FORMATS = {
-    "wav": OutputFormat("WAV", "PCM_16", "audio/wav"),
-    "flac": OutputFormat("FLAC", "PCM_16", "audio/flac"),
-    "mp3": OutputFormat("MP3", "MPEG_LAYER_III", "audio/mpeg"),
-    "ogg": OutputFormat("OGG", "OPUS", "audio/ogg"),
-    # headerless signed 16-bit little-endian, OpenAI's `pcm`
-    "pcm": OutputFormat("RAW", "PCM_16", "audio/pcm", "LITTLE"),
-}
-# Formats whose bytes can be sent piece by piece while synthesis runs: raw PCM, and WAV as a
-# streaming header (see `streaming_wav_header`) followed by the same PCM.
-STREAM_FORMATS = ("wav", "pcm")
-VOICE_EXTENSIONS = ("wav", "flac", "mp3", "ogg")
 
 
 class AudioError(ValueError):

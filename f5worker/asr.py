@@ -8,18 +8,17 @@ voices uploaded without one.
 | `ASR_LANGUAGE` | (detected per clip)              | Whisper language code, e.g. `en`               |
 
 The model's files live in the same Hugging Face cache on the network volume as F5-TTS's and are
-resolved the same way (``model_files.resolve_file``: cache first, download only when allowed).
+resolved the same way (``model_cache.resolve_file``: cache first, download only when allowed).
 Nothing of Whisper is imported or loaded when the worker starts, enabled or not: the first job that
 needs recognition loads it (its ``timings_ms`` shows ``load_asr``), so a worker that never asks for
 word timings or transcripts starts exactly as fast as one without this module's features. This
 module itself imports neither torch nor ``transformers`` at import time: the provisioning code and
-the validator use :func:`asr_file_refs` cheaply.
+the validator use :func:`f5worker.model_files.asr_file_refs` cheaply.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,55 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from model_files import ModelConfigError, ModelFilesMissing, ModelSources, resolve_file
-from storage import is_true
-from timings import Timings
+from f5worker.model_cache import resolve_file
+from f5worker.model_files import AsrSettings, ModelFilesMissing
+from f5worker.timings import Timings
 
 log = logging.getLogger(__name__)
-
-DEFAULT_ASR_MODEL = "openai/whisper-large-v3-turbo"  # upstream F5-TTS's transcription model
-# The published repo's files that transformers reads to build the pipeline (everything but the README).
-ASR_FILES = (
-    "config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
-    "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json",
-    "normalizer.json", "model.safetensors",
-)
-
-
-@dataclass(frozen=True)
-class AsrSettings:
-    """What ``ASR_*`` asks for; no I/O."""
-
-    enabled: bool
-    repo_id: str
-    language: str | None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> AsrSettings:
-        repo_id = (env.get("ASR_MODEL") or DEFAULT_ASR_MODEL).removeprefix("hf://").strip("/")
-        if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-            raise ModelConfigError(f"ASR_MODEL={repo_id!r} is not a Hugging Face repo id of the form owner/name")
-        return cls(
-            enabled=is_true(env.get("ASR_ENABLED")),
-            repo_id=repo_id,
-            language=env.get("ASR_LANGUAGE") or None,
-        )
-
-    def file_refs(self) -> list[str]:
-        return [f"hf://{self.repo_id}/{name}" for name in ASR_FILES]
-
-
-def asr_file_refs(env: Mapping[str, str] = os.environ) -> list[str]:
-    """``hf://`` refs of every Whisper file the worker loads, or ``[]`` when ASR is off: what
-    provisioning must download and the validator must find in the cache."""
-    settings = AsrSettings.from_env(env)
-    return settings.file_refs() if settings.enabled else []
-
-
-def worker_file_refs(sources: ModelSources, env: Mapping[str, str] = os.environ) -> list[str]:
-    """Every file the worker loads: the TTS model's and, when ASR is on, Whisper's."""
-    return [*sources.file_refs(), *asr_file_refs(env)]
-
 
 @dataclass(frozen=True)
 class Word:
@@ -148,7 +103,7 @@ class SpeechRecognizer:
         import torch
         from transformers import pipeline
 
-        from tts_model import pick_device
+        from f5worker.tts_model import pick_device
 
         started = time.perf_counter()
         paths = [resolve_file(ref, self.cache_dir, self.allow_download, self.fallbacks) for ref in self.settings.file_refs()]

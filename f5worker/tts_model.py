@@ -10,8 +10,6 @@ importing f5-tts (``Prefetch``); ``load_f5``/``load_vocos`` do what upstream's
 the copy into them (checked against upstream's functions in ``tests/test_tts_model.py``); and
 where upstream computes in fp16 (CUDA), a half-precision copy written once at provisioning
 (``write_half_precision_copy``) halves the bytes read from the network volume.
-
-    python tts_model.py half-copy   # provisioning: write the fp16 copy of the configured model
 """
 
 from __future__ import annotations
@@ -22,34 +20,25 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from model_files import ModelFilesCorrupt, ModelSources, ResolvedModel, resolve_model
-from timings import Timings
+from f5worker.contract import SynthesisParams
+from f5worker.formats import SAMPLE_RATE
+from f5worker.model_cache import resolve_model
+from f5worker.model_files import ModelFilesCorrupt, ModelSources, ResolvedModel
+from f5worker.timings import Timings
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 24_000  # F5-TTS and Vocos both work at 24 kHz
 MAX_CONTEXT_S = 22.0  # upstream's budget of reference + generated seconds per chunk
 OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
 
 # on_chunk(chunk number from 1, chunk count, the audio that chunk made final)
 ChunkCallback = Callable[[int, int, np.ndarray], None]
-
-
-@dataclass(frozen=True)
-class SynthesisParams:
-    nfe_step: int = 32
-    cfg_strength: float = 2.0
-    sway_sampling_coef: float = -1.0
-    speed: float = 1.0
-    cross_fade_duration: float = 0.15
-    seed: int = 0
 
 
 def pick_device() -> str:
@@ -363,21 +352,3 @@ def release_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
-
-def main(argv: Sequence[str]) -> int:
-    """``half-copy``: write the fp16 copy of the configured model (provisioning step)."""
-    from storage import apply_cache_env
-
-    if list(argv) != ["half-copy"]:
-        print(__doc__)
-        return 2
-    cache = apply_cache_env()
-    resolved = resolve_model(ModelSources.from_env(), cache.hub_cache, False, cache.fallback_caches)  # after the download step
-    print(write_half_precision_copy(resolved.checkpoint, cache.half_weights))
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main(sys.argv[1:]))

@@ -6,9 +6,8 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from asr import Word
+from f5worker.asr import Word
 
-SUBTITLE_FORMATS = {"srt": "application/x-subrip; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}  # content types
 MAX_CUE_CHARS = 42  # the usual broadcast line length
 MAX_CUE_S = 6.0
 SENTENCE_END = (".", "!", "?", "。", "！", "？")

@@ -1,0 +1,9 @@
+"""F5-TTS serving for RunPod: the library behind the entry points at the repository root.
+
+Layers, each importing only those below it:
+
+- ``contract``, ``formats``: the job API (validated input, typed requests), torch-free;
+- ``storage``, ``s3``, ``timings``: the three storage tiers, the bucket client, stage timings;
+- ``model_files`` -> ``model_cache`` -> ``tts_model``: which files, where they are, loading and synthesis;
+- ``audio``, ``asr``, ``subtitles``, ``voices``: audio I/O, Whisper, subtitle files, reference voices.
+"""

@@ -1,0 +1,32 @@
+"""The formats a job can ask for, and their content types: tables only, no codec imported, so the
+job contract (:mod:`f5worker.contract`) stays importable without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SAMPLE_RATE = 24_000  # F5-TTS and Vocos both work at 24 kHz
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    container: str
+    subtype: str
+    content_type: str
+    endian: str = "FILE"
+
+
+OUTPUT_FORMATS = {
+    "wav": OutputFormat("WAV", "PCM_16", "audio/wav"),
+    "flac": OutputFormat("FLAC", "PCM_16", "audio/flac"),
+    "mp3": OutputFormat("MP3", "MPEG_LAYER_III", "audio/mpeg"),
+    "ogg": OutputFormat("OGG", "OPUS", "audio/ogg"),
+    # headerless signed 16-bit little-endian, OpenAI's `pcm`
+    "pcm": OutputFormat("RAW", "PCM_16", "audio/pcm", "LITTLE"),
+}
+# Formats whose bytes can be sent piece by piece while synthesis runs: raw PCM, and WAV as a
+# streaming header (see `streaming_wav_header`) followed by the same PCM.
+STREAM_FORMATS = ("wav", "pcm")
+VOICE_EXTENSIONS = ("wav", "flac", "mp3", "ogg")
+
+SUBTITLE_FORMATS = {"srt": "application/x-subrip; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}  # content types

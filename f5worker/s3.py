@@ -1,0 +1,145 @@
+"""S3 access for voices and outputs: one configured boto3 client and small helpers.
+
+Credentials come from ``BUCKET_ACCESS_KEY_ID``/``BUCKET_SECRET_ACCESS_KEY`` when set, else from
+boto3's normal AWS credential chain. Retries and timeouts are bounded so a dead endpoint fails a
+job in seconds instead of hanging the worker, and no failure leaves half an object behind:
+outputs go up in one PUT (S3 stores all of it or nothing), voices come down with a size cap.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.client import BaseClient
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError
+from botocore.exceptions import ConnectionError as S3ConnectionError
+
+from f5worker.storage import BucketSettings
+
+CONNECT_TIMEOUT_S = float(os.environ.get("S3_CONNECT_TIMEOUT_S", "5"))
+READ_TIMEOUT_S = float(os.environ.get("S3_READ_TIMEOUT_S", "30"))
+MAX_ATTEMPTS = int(os.environ.get("S3_MAX_ATTEMPTS", "4"))
+PRESIGN_EXPIRES_S = int(os.environ.get("S3_PRESIGN_EXPIRES_S", "86400"))
+
+
+def make_client(settings: BucketSettings, max_attempts: int = MAX_ATTEMPTS) -> BaseClient:
+    """A boto3 S3 client for ``settings`` with bounded retries (standard mode) and timeouts."""
+    config = Config(
+        connect_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+        # total_max_attempts counts the first try; botocore's max_attempts would count retries only
+        retries={"total_max_attempts": max_attempts, "mode": "standard"},
+        signature_version="s3v4",
+        # Custom endpoints (R2, MinIO, RunPod's S3 API, moto) expect path-style addressing.
+        s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+        region_name=settings.region or ("us-east-1" if settings.endpoint_url else None),
+        config=config,
+    )
+
+
+def list_s3_objects(client: BaseClient, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every object under ``prefix`` as ``{"Key", "Size", "ETag", "LastModified"}`` dicts."""
+    objects: list[dict[str, Any]] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        objects.extend(page.get("Contents", []))
+    return objects
+
+
+def check_s3_object_exists(client: BaseClient, bucket: str, key: str) -> bool:
+    """True when ``key`` exists, False when it does not. A missing bucket, bad credentials or a
+    dead endpoint raise: a HEAD's 404 cannot tell a missing key from a missing bucket, so a miss
+    is confirmed with ``head_bucket``."""
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+            raise
+        client.head_bucket(Bucket=bucket)
+        return False
+    return True
+
+
+class ObjectTooLarge(ValueError):
+    """A download grew past its cap (the object changed after it was listed)."""
+
+
+def download_file(client: BaseClient, bucket: str, key: str, path: Path, max_bytes: int | None = None) -> Path:
+    """``key`` into ``path`` in one GET. With ``max_bytes``, the body is cut off and
+    :class:`ObjectTooLarge` raised once it passes the cap, whatever size the listing showed (the
+    object may have been replaced since)."""
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    written = 0
+    try:
+        with path.open("wb") as out:
+            for chunk in body.iter_chunks(1024 * 1024):
+                written += len(chunk)
+                if max_bytes is not None and written > max_bytes:
+                    raise ObjectTooLarge(f"s3://{bucket}/{key} is over the {max_bytes}-byte limit")
+                out.write(chunk)
+    finally:
+        body.close()
+    return path
+
+
+def read_text(client: BaseClient, bucket: str, key: str) -> str:
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    try:
+        return body.read().decode("utf-8")
+    finally:
+        body.close()
+
+
+def put_text(client: BaseClient, bucket: str, key: str, text: str, content_type: str = "text/plain; charset=utf-8") -> str:
+    """Store ``text`` (UTF-8) at ``key``; the new object's ETag."""
+    return client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)["ETag"]
+
+
+def upload_file(client: BaseClient, bucket: str, key: str, path: Path, content_type: str) -> None:
+    """One PUT, not a multipart upload: S3 makes the object visible only once the whole body has
+    arrived, so a connection lost mid-upload leaves no partial object and no orphaned parts
+    (a multipart upload whose abort also fails would). Outputs are far below the 5 GB PUT limit."""
+    with path.open("rb") as body:
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+
+
+def delete_objects(client: BaseClient, bucket: str, keys: list[str]) -> None:
+    """Delete ``keys`` (at most 1000, one request); a key that failed raises."""
+    if not keys:
+        return
+    response = client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+    if response.get("Errors"):
+        error = response["Errors"][0]
+        raise ClientError({"Error": {"Code": error.get("Code"), "Message": error.get("Message")}}, "DeleteObjects")
+
+
+def presigned_url(client: BaseClient, bucket: str, key: str, expires_s: int = PRESIGN_EXPIRES_S) -> str:
+    return client.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s
+    )
+
+
+def describe_error(err: ClientError | BotoCoreError, bucket: str | None) -> str:
+    """What went wrong with S3, for the job's ``error``: the cause and what to check, never a
+    credential (botocore's messages name operations, codes and URLs, not keys)."""
+    if isinstance(err, ClientError):
+        code = err.response.get("Error", {}).get("Code", "")
+        if code == "NoSuchBucket":
+            return f"S3 error: bucket {bucket!r} does not exist (check BUCKET_NAME and BUCKET_ENDPOINT_URL)"
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
+                    "ExpiredToken"):
+            return (f"S3 error: the bucket refused the credentials ({code}); check BUCKET_ACCESS_KEY_ID, "
+                    f"BUCKET_SECRET_ACCESS_KEY and their permissions on {bucket!r}")
+        return f"S3 error: {err}"
+    if isinstance(err, (S3ConnectionError, HTTPClientError, IncompleteReadError)):
+        return f"S3 error: endpoint unreachable or connection lost ({type(err).__name__}: {err})"
+    return f"S3 error: {type(err).__name__}: {err}"
