@@ -45,9 +45,17 @@ from pathlib import Path
 from typing import Any
 
 from f5worker.model_files import worker_file_refs
-from f5worker.model_cache import IncompleteFile, resolve_file, verify_complete
+from f5worker.model_cache import IncompleteFile, disk_free, resolve_file, verify_complete
 from f5worker.model_files import PUBLISHED_FILE_BYTES, HubFile, ModelConfigError, ModelFilesMissing, ModelSources, is_hub_ref, parse_model_config
-from f5worker.storage import JOB_DIR_PREFIX, LEGACY_CACHE_VARS, BucketSettings, CachePaths, scratch_root
+from f5worker.storage import (
+    JOB_DIR_PREFIX,
+    LEGACY_CACHE_VARS,
+    BucketSettings,
+    CachePaths,
+    human_bytes,
+    nearest_existing,
+    scratch_root,
+)
 
 ROOT = Path(__file__).resolve().parent
 PROBE_PREFIX = "_validate/"  # S3 scratch prefix for the probe object, deleted again at once
@@ -122,14 +130,8 @@ def _within(path: Path, root: Path) -> bool:
     return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
 
 
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def _same_fs(a: Path, b: Path) -> bool:
-    return _nearest_existing(a).stat().st_dev == _nearest_existing(b).stat().st_dev
+    return nearest_existing(a).stat().st_dev == nearest_existing(b).stat().st_dev
 
 
 def probe_write(directory: Path) -> str | None:
@@ -150,12 +152,6 @@ def probe_write(directory: Path) -> str | None:
     except OSError as err:
         return f"{type(err).__name__}: {err.strerror or err}"
     return None
-
-
-def _size(n: float) -> str:
-    if n == 0:
-        return "0 bytes"
-    return f"{n / GB:.2f} GB" if n >= 0.1 * GB else f"{n / 1e6:.1f} MB"
 
 
 # ---------------------------------------------------------------------------- the checks
@@ -200,8 +196,8 @@ def check_volume(s: Settings) -> Result:
                       f"{volume} is on the same filesystem as {CONTAINER_ROOT}: no volume is mounted there, "
                       "and caches would fill the container disk", fix)
     usage = shutil.disk_usage(volume)
-    return _pass("volume", f"{volume} is its own filesystem ({_size(usage.total)}, {_size(usage.free)} free)",
-                 total_bytes=usage.total, free_bytes=usage.free)
+    return _pass("volume", f"{volume} is its own filesystem ({human_bytes(usage.total)}, "
+                 f"{human_bytes(usage.free)} free)", total_bytes=usage.total, free_bytes=usage.free)
 
 
 def check_dirs(s: Settings) -> Result:
@@ -217,7 +213,7 @@ def check_dirs(s: Settings) -> Result:
                 problems.append((Status.FAIL, f"{label} {path} is not writable ({error})",
                                  f"make {path} writable by this user (check the volume is mounted read-write)"))
             continue
-        ancestor = _nearest_existing(path)
+        ancestor = nearest_existing(path)
         if label == "volume":  # created on the container disk it would hide exactly what is wrong
             error, fix = "the volume is not mounted", MOUNT_FIX
         else:
@@ -251,8 +247,8 @@ def _model_files(s: Settings, sources: ModelSources) -> list[_ModelFile]:
 
 
 def check_space(s: Settings) -> Result:
-    target = _nearest_existing(s.cache.hub_cache)
-    free = shutil.disk_usage(target).free
+    target = nearest_existing(s.cache.hub_cache)
+    free = disk_free(target)
     try:
         files = _model_files(s, ModelSources.from_env(s.env))
     except ModelConfigError as err:
@@ -266,10 +262,10 @@ def check_space(s: Settings) -> Result:
     need = pending + s.headroom_bytes
     details = {"path": str(target), "free_bytes": free, "cached_bytes": cached, "to_download_bytes": pending,
                "headroom_bytes": s.headroom_bytes, "unknown_size": unknown}
-    summary = (f"{_size(free)} free at {target}; model {_size(cached)} cached, {_size(pending)} to download, "
-               f"{_size(s.headroom_bytes)} headroom")
+    summary = (f"{human_bytes(free)} free at {target}; model {human_bytes(cached)} cached, "
+               f"{human_bytes(pending)} to download, {human_bytes(s.headroom_bytes)} headroom")
     if free < need:
-        return Result("space", Status.FAIL, f"only {summary}", f"free at least {_size(need - free)} on {target} "
+        return Result("space", Status.FAIL, f"only {summary}", f"free at least {human_bytes(need - free)} on {target} "
                       "or attach a larger volume", details)
     if config_error or unknown:
         why = config_error or f"size of {', '.join(unknown)} unknown until downloaded"
@@ -286,10 +282,10 @@ def check_tmp(s: Settings) -> Result:
     free = shutil.disk_usage(s.scratch).free
     details = {"path": str(s.scratch), "free_bytes": free, "min_free_bytes": s.min_scratch_free_bytes}
     if free < s.min_scratch_free_bytes:
-        return Result("tmp", Status.FAIL, f"scratch dir {s.scratch} has {_size(free)} free, below "
-                      f"{_size(s.min_scratch_free_bytes)}", "raise the container disk size or clean the scratch dir",
-                      details)
-    return _pass("tmp", f"scratch dir {s.scratch} writable, {_size(free)} free", **details)
+        return Result("tmp", Status.FAIL, f"scratch dir {s.scratch} has {human_bytes(free)} free, below "
+                      f"{human_bytes(s.min_scratch_free_bytes)}",
+                      "raise the container disk size or clean the scratch dir", details)
+    return _pass("tmp", f"scratch dir {s.scratch} writable, {human_bytes(free)} free", **details)
 
 
 def check_model(s: Settings) -> Result:
@@ -329,7 +325,7 @@ def check_model(s: Settings) -> Result:
             parse_model_config(config.path.read_text(), sources.config)
         except ModelConfigError as err:
             problems.append((Status.FAIL, str(err), "fix the model config file"))
-    ok = (f"{sources.name}: {len(files)} files cached and complete ({_size(total)})"
+    ok = (f"{sources.name}: {len(files)} files cached and complete ({human_bytes(total)})"
           + (", content hashes verified" if s.deep else "") + ": the cold start needs no network")
     return _worst(problems, "model", ok, details)
 
@@ -383,7 +379,8 @@ def check_imports(s: Settings) -> Result:
         return Result("imports", Status.WARN, f"{len(report['modules'])} modules import ({seconds:.1f} s); "
                       "CUDA is not available: the worker would run on CPU, far slower",
                       "run on a GPU pod with a driver matching torch's CUDA build", report)
-    gpus = ", ".join(f"{g['name']} {_size(g['free_bytes'])} free of {_size(g['total_bytes'])}" for g in report["gpus"])
+    gpus = ", ".join(f"{g['name']} {human_bytes(g['free_bytes'])} free of {human_bytes(g['total_bytes'])}"
+                     for g in report["gpus"])
     return Result("imports", Status.PASS, f"{len(report['modules'])} modules import ({seconds:.1f} s); CUDA: {gpus}",
                   details=report)
 

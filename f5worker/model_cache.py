@@ -46,6 +46,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from f5worker.model_files import HubFile, ModelFilesMissing, ModelSources, ResolvedModel, first_line, is_hub_ref, parse_model_config
+from f5worker.storage import human_bytes, nearest_existing
 
 log = logging.getLogger("f5tts.provision")
 
@@ -75,9 +76,7 @@ class _Download:
 
 def disk_free(path: Path) -> int:
     """Free bytes on the filesystem holding ``path``, or that will hold it (nearest existing parent)."""
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free
+    return shutil.disk_usage(nearest_existing(path)).free
 
 
 @contextmanager
@@ -180,8 +179,8 @@ def _check_space(plan: Sequence[_Download], cache_dir: Path, free_bytes: Callabl
     available = free_bytes(cache_dir)
     if needed > available:
         raise VolumeTooSmall(
-            f"{cache_dir} needs {needed:,} bytes ({_human(needed)}) for {len(pending)} model file(s) "
-            f"but its filesystem has {available:,} bytes ({_human(available)}) free: "
+            f"{cache_dir} needs {needed:,} bytes ({human_bytes(needed)}) for {len(pending)} model file(s) "
+            f"but its filesystem has {available:,} bytes ({human_bytes(available)}) free: "
             "enlarge the network volume or free space on it"
         )
 
@@ -218,10 +217,6 @@ def etag_matches(path: Path, etag: str) -> bool | None:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest() == etag
-
-
-def _human(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def find_cached(hub: HubFile, caches: Sequence[Path]) -> Path | None:
