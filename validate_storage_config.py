@@ -393,10 +393,9 @@ def check_s3(s: Settings) -> Result:
     if bool(b.access_key_id) != bool(b.secret_access_key):
         return Result("s3", Status.FAIL, "only one of BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY is set",
                       "set both, or neither to use the AWS credential chain")
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-    from botocore.exceptions import ConnectionError as EndpointUnreachable
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    from s3_utils import list_s3_objects, make_client, read_text
+    from f5worker.s3 import list_s3_objects, make_client, read_text
 
     client = make_client(b, max_attempts=1)  # one try: report what is wrong, do not retry it
     where = f"s3://{b.name} at {b.endpoint_url or 'AWS'}"
@@ -421,17 +420,8 @@ def check_s3(s: Settings) -> Result:
         step = "list_objects_v2"
         voices = list_s3_objects(client, b.name, b.voices_prefix)
         done.append(f"{len(voices)} objects under {b.voices_prefix}")
-    except NoCredentialsError:
-        return Result("s3", Status.FAIL, "no S3 credentials: BUCKET_ACCESS_KEY_ID/BUCKET_SECRET_ACCESS_KEY unset "
-                      "and none in the AWS credential chain", "set BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY")
-    except ClientError as err:
-        return _s3_client_error(client, b, where, step, err, done)
-    except EndpointUnreachable as err:
-        return Result("s3", Status.FAIL, f"endpoint {b.endpoint_url or 'AWS'} unreachable ({type(err).__name__})",
-                      "check BUCKET_ENDPOINT_URL and that the pod can reach it", {"steps": done})
-    except BotoCoreError as err:
-        return Result("s3", Status.FAIL, f"{where}: {step} failed ({type(err).__name__}: {err})",
-                      "check BUCKET_ENDPOINT_URL, BUCKET_NAME and the endpoint's health", {"steps": done})
+    except (BotoCoreError, ClientError) as err:
+        return _s3_failure(client, b, where, step, err, done)
     finally:
         if written:  # a step after the write failed: do not leave the probe behind
             try:
@@ -442,30 +432,43 @@ def check_s3(s: Settings) -> Result:
                  f"{b.voices_prefix}", steps=done, voices=len(voices))
 
 
-def _s3_client_error(client: Any, b: BucketSettings, where: str, step: str, err: Any, done: list[str]) -> Result:
+def _s3_failure(client: Any, b: BucketSettings, where: str, step: str, err: Any, done: list[str]) -> Result:
+    """The failed step as a result, read by :func:`f5worker.s3.classify_error` as the worker reads job errors."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    code = err.response.get("Error", {}).get("Code", "")
-    if step == "head_bucket" and code == "403":  # HEAD has no body: ask again with a GET for the real code
+    from f5worker.s3 import S3Problem, classify_error, error_code
+
+    if step == "head_bucket" and error_code(err) == "403":  # HEAD has no body: ask again with a GET for the real code
         try:
             client.list_objects_v2(Bucket=b.name, MaxKeys=1)
         except ClientError as detailed:
-            code = detailed.response.get("Error", {}).get("Code", code)
+            err = detailed
         except BotoCoreError:
             pass
+    code = error_code(err)
     details = {"steps": done, "failed_step": step, "code": code}
-    if code in ("404", "NoSuchBucket"):
-        return Result("s3", Status.FAIL, f"{where}: bucket does not exist", "create the bucket or fix BUCKET_NAME",
-                      details)
-    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
-        return Result("s3", Status.FAIL, f"{where}: credentials rejected ({code})",
-                      "fix BUCKET_ACCESS_KEY_ID / BUCKET_SECRET_ACCESS_KEY", details)
-    if code in ("403", "AccessDenied"):
-        return Result("s3", Status.FAIL, f"{where}: access denied at {step} ({code})",
-                      f"grant the key s3:GetObject, PutObject, DeleteObject and ListBucket on {b.name}", details)
-    message = err.response.get("Error", {}).get("Message", "")
-    return Result("s3", Status.FAIL, f"{where}: {step} failed ({code}: {message})", "check the bucket settings",
-                  details)
+    problem = classify_error(err)
+    reason, fix = {
+        S3Problem.NO_CREDENTIALS: ("no S3 credentials: BUCKET_ACCESS_KEY_ID/BUCKET_SECRET_ACCESS_KEY unset and none "
+                                   "in the AWS credential chain",
+                                   "set BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY"),
+        S3Problem.UNREACHABLE: (f"endpoint {b.endpoint_url or 'AWS'} unreachable ({type(err).__name__})",
+                                "check BUCKET_ENDPOINT_URL and that the pod can reach it"),
+        S3Problem.NO_BUCKET: (f"{where}: bucket does not exist", "create the bucket or fix BUCKET_NAME"),
+        S3Problem.CREDENTIALS_REJECTED: (f"{where}: credentials rejected ({code})",
+                                         "fix BUCKET_ACCESS_KEY_ID / BUCKET_SECRET_ACCESS_KEY"),
+        S3Problem.ACCESS_DENIED: (f"{where}: access denied at {step} ({code})",
+                                  f"grant the key s3:GetObject, PutObject, DeleteObject and ListBucket on {b.name}"),
+    }.get(problem) or _s3_other_failure(where, step, err, code)
+    return Result("s3", Status.FAIL, reason, fix, details)
+
+
+def _s3_other_failure(where: str, step: str, err: Any, code: str) -> tuple[str, str]:
+    if code:
+        message = err.response.get("Error", {}).get("Message", "")
+        return f"{where}: {step} failed ({code}: {message})", "check the bucket settings"
+    return (f"{where}: {step} failed ({type(err).__name__}: {err})",
+            "check BUCKET_ENDPOINT_URL, BUCKET_NAME and the endpoint's health")
 
 
 def _lock_state(path: Path) -> str:
