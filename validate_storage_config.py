@@ -18,7 +18,8 @@ Checks, each PASS / WARN / FAIL with a one-line reason and a fix:
              subprocess, the one slow check: seconds); CUDA and GPU memory (CPU only: WARN)
   s3         credentials, endpoint, bucket, a probe object written/read/deleted under _validate/,
              the voices prefix listable (no bucket configured: WARN, results go back inline)
-  leftovers  stale per-job dirs in scratch, partial downloads and held or stale locks in the cache
+  leftovers  stale per-job dirs in scratch, partial downloads and held or stale locks in the cache, the
+             provisioning lease (a worker fetching model files now, or a stale one left by a dead worker)
 
 Exit status: 0 every check passed (or was skipped), 1 at least one FAIL, 2 warnings but no FAIL,
 64 a bad command line.
@@ -45,7 +46,15 @@ from pathlib import Path
 from typing import Any
 
 from f5worker.model_files import worker_file_refs
-from f5worker.model_cache import IncompleteFile, disk_free, resolve_file, verify_complete
+from f5worker.model_cache import (
+    LEASE_S,
+    IncompleteFile,
+    LeaseHolder,
+    disk_free,
+    lease_holder,
+    resolve_file,
+    verify_complete,
+)
 from f5worker.model_files import PUBLISHED_FILE_BYTES, HubFile, ModelConfigError, ModelFilesMissing, ModelSources, is_hub_ref, parse_model_config
 from f5worker.storage import (
     JOB_DIR_PREFIX,
@@ -515,10 +524,28 @@ def check_leftovers(s: Settings) -> Result:
     if stale:
         problems.append((Status.WARN, f"{len(stale)} lock files older than {minutes} on a filesystem without flock "
                          "block downloads", f"delete them: {stale[0]} ..."))
+    lease = lease_holder(hub) if hub.is_dir() else None
+    if lease is not None:
+        problems.append(_lease_problem(lease, hub))
     details = {"stale_job_dirs": [str(p) for p in job_dirs], "incomplete": [str(p) for p in partial],
-               "locks": {str(p): state for p, state in locks.items()}}
-    ok = f"no stale job dirs in {s.scratch}, no partial downloads or held locks in {hub}"
+               "locks": {str(p): state for p, state in locks.items()},
+               "provisioning_lease": None if lease is None else {
+                   "path": str(lease.marker), "owner": lease.owner, "stale": lease.stale,
+                   "heartbeat_age_s": round(lease.heartbeat_age_s, 1)}}
+    ok = f"no stale job dirs in {s.scratch}, no partial downloads, held locks or provisioning lease in {hub}"
     return _worst(problems, "leftovers", ok, details)
+
+
+def _lease_problem(lease: LeaseHolder, hub: Path) -> tuple[Status, str, str]:
+    """The provisioning lease (``model_cache.cache_lease``): a worker fetching model files now, or one that died."""
+    heartbeat = f"last heartbeat {lease.heartbeat_age_s:.0f} s ago"
+    if lease.stale:
+        why = "it has exited" if lease.gone else f"no heartbeat for over {LEASE_S:.0f} s"
+        return (Status.WARN, f"stale provisioning lease {lease.marker} held by {lease.owner} ({why}; {heartbeat}): "
+                "a worker died while fetching model files",
+                f"the next fetch takes it over by itself; with no worker running, rm {lease.marker}")
+    return (Status.WARN, f"a worker is fetching model files into {hub} now: provisioning lease {lease.marker} held by "
+            f"{lease.owner} ({heartbeat})", "wait for it to finish before sending traffic")
 
 
 CHECKS: dict[str, Callable[[Settings], Result]] = {

@@ -35,8 +35,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
+import socket
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -102,6 +104,49 @@ def cache_lease(cache_dir: Path, timeout_s: float = LOCK_TIMEOUT_S, lease_s: flo
         yield marker
     finally:
         lease.release()
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """The holder of a cache's provisioning lease, as its marker on disk tells it."""
+
+    marker: Path
+    owner: str  # "pid 12 on host-a", or that the marker is unreadable
+    heartbeat_age_s: float  # since the holder last refreshed the marker (every LEASE_S / 3 while it runs)
+    gone: bool  # it ran on this host and has exited
+
+    @property
+    def stale(self) -> bool:
+        """Whether the next contender takes the lease over at once (``SoftFileLease``'s rules)."""
+        return self.gone or self.heartbeat_age_s >= LEASE_S
+
+
+def lease_holder(cache_dir: Path) -> LeaseHolder | None:
+    """Who holds the provisioning lease of ``cache_dir``, or ``None``; only reads the marker."""
+    from filelock import SoftFileLease
+
+    marker = cache_dir / LEASE_FILE
+    try:
+        heartbeat = marker.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    record = SoftFileLease(marker, lease_duration=LEASE_S).owner
+    if record is None:
+        owner, gone = "an unreadable owner record", False
+    else:
+        owner = f"pid {record.pid} on {record.hostname}"
+        gone = record.hostname == socket.gethostname() and not _process_exists(record.pid)
+    return LeaseHolder(marker, owner, max(0.0, time.time() - heartbeat), gone)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def fetch(
