@@ -45,6 +45,7 @@ from f5worker.asr import SpeechRecognizer  # noqa: E402
 from f5worker.model_files import AsrSettings  # noqa: E402
 from f5worker.contract import InputError, JobRequest, ListVoicesRequest, SynthesisRequest, UploadVoiceRequest, parse_job  # noqa: E402
 from f5worker.model_files import ModelConfigError, ModelFilesCorrupt, ModelFilesMissing, ModelSources  # noqa: E402
+from f5worker.model_files import ModelLoadFailed  # noqa: E402
 from f5worker.storage import BucketSettings, is_true, make_job_dir, scratch_root  # noqa: E402
 from f5worker.timings import Timings  # noqa: E402
 from f5worker.contract import SynthesisParams  # noqa: E402
@@ -381,7 +382,7 @@ def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         WORKER = start_up()
-    except (ModelFilesMissing, ModelConfigError, ModelFilesCorrupt) as err:
+    except (ModelFilesMissing, ModelConfigError, ModelFilesCorrupt, ModelLoadFailed) as err:
         log.error("cannot start: %s", err)
         sys.exit(f"cannot start: {err}")
 

@@ -18,7 +18,8 @@ Checks, each PASS / WARN / FAIL with a one-line reason and a fix:
              subprocess, the one slow check: seconds); CUDA and GPU memory (CPU only: WARN)
   s3         credentials, endpoint, bucket, a probe object written/read/deleted under _validate/,
              the voices prefix listable (no bucket configured: WARN, results go back inline)
-  leftovers  stale per-job dirs in scratch, partial downloads and held or stale locks in the cache
+  leftovers  stale per-job dirs in scratch, partial downloads and held or stale locks in the cache, the
+             provisioning lease (a worker fetching model files now, or a stale one left by a dead worker)
 
 Exit status: 0 every check passed (or was skipped), 1 at least one FAIL, 2 warnings but no FAIL,
 64 a bad command line.
@@ -45,9 +46,25 @@ from pathlib import Path
 from typing import Any
 
 from f5worker.model_files import worker_file_refs
-from f5worker.model_cache import IncompleteFile, resolve_file, verify_complete
+from f5worker.model_cache import (
+    LEASE_S,
+    IncompleteFile,
+    LeaseHolder,
+    disk_free,
+    lease_holder,
+    resolve_file,
+    verify_complete,
+)
 from f5worker.model_files import PUBLISHED_FILE_BYTES, HubFile, ModelConfigError, ModelFilesMissing, ModelSources, is_hub_ref, parse_model_config
-from f5worker.storage import JOB_DIR_PREFIX, LEGACY_CACHE_VARS, BucketSettings, CachePaths, scratch_root
+from f5worker.storage import (
+    JOB_DIR_PREFIX,
+    LEGACY_CACHE_VARS,
+    BucketSettings,
+    CachePaths,
+    human_bytes,
+    nearest_existing,
+    scratch_root,
+)
 
 ROOT = Path(__file__).resolve().parent
 PROBE_PREFIX = "_validate/"  # S3 scratch prefix for the probe object, deleted again at once
@@ -122,14 +139,8 @@ def _within(path: Path, root: Path) -> bool:
     return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
 
 
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def _same_fs(a: Path, b: Path) -> bool:
-    return _nearest_existing(a).stat().st_dev == _nearest_existing(b).stat().st_dev
+    return nearest_existing(a).stat().st_dev == nearest_existing(b).stat().st_dev
 
 
 def probe_write(directory: Path) -> str | None:
@@ -150,12 +161,6 @@ def probe_write(directory: Path) -> str | None:
     except OSError as err:
         return f"{type(err).__name__}: {err.strerror or err}"
     return None
-
-
-def _size(n: float) -> str:
-    if n == 0:
-        return "0 bytes"
-    return f"{n / GB:.2f} GB" if n >= 0.1 * GB else f"{n / 1e6:.1f} MB"
 
 
 # ---------------------------------------------------------------------------- the checks
@@ -200,8 +205,8 @@ def check_volume(s: Settings) -> Result:
                       f"{volume} is on the same filesystem as {CONTAINER_ROOT}: no volume is mounted there, "
                       "and caches would fill the container disk", fix)
     usage = shutil.disk_usage(volume)
-    return _pass("volume", f"{volume} is its own filesystem ({_size(usage.total)}, {_size(usage.free)} free)",
-                 total_bytes=usage.total, free_bytes=usage.free)
+    return _pass("volume", f"{volume} is its own filesystem ({human_bytes(usage.total)}, "
+                 f"{human_bytes(usage.free)} free)", total_bytes=usage.total, free_bytes=usage.free)
 
 
 def check_dirs(s: Settings) -> Result:
@@ -217,7 +222,7 @@ def check_dirs(s: Settings) -> Result:
                 problems.append((Status.FAIL, f"{label} {path} is not writable ({error})",
                                  f"make {path} writable by this user (check the volume is mounted read-write)"))
             continue
-        ancestor = _nearest_existing(path)
+        ancestor = nearest_existing(path)
         if label == "volume":  # created on the container disk it would hide exactly what is wrong
             error, fix = "the volume is not mounted", MOUNT_FIX
         else:
@@ -251,8 +256,8 @@ def _model_files(s: Settings, sources: ModelSources) -> list[_ModelFile]:
 
 
 def check_space(s: Settings) -> Result:
-    target = _nearest_existing(s.cache.hub_cache)
-    free = shutil.disk_usage(target).free
+    target = nearest_existing(s.cache.hub_cache)
+    free = disk_free(target)
     try:
         files = _model_files(s, ModelSources.from_env(s.env))
     except ModelConfigError as err:
@@ -266,10 +271,10 @@ def check_space(s: Settings) -> Result:
     need = pending + s.headroom_bytes
     details = {"path": str(target), "free_bytes": free, "cached_bytes": cached, "to_download_bytes": pending,
                "headroom_bytes": s.headroom_bytes, "unknown_size": unknown}
-    summary = (f"{_size(free)} free at {target}; model {_size(cached)} cached, {_size(pending)} to download, "
-               f"{_size(s.headroom_bytes)} headroom")
+    summary = (f"{human_bytes(free)} free at {target}; model {human_bytes(cached)} cached, "
+               f"{human_bytes(pending)} to download, {human_bytes(s.headroom_bytes)} headroom")
     if free < need:
-        return Result("space", Status.FAIL, f"only {summary}", f"free at least {_size(need - free)} on {target} "
+        return Result("space", Status.FAIL, f"only {summary}", f"free at least {human_bytes(need - free)} on {target} "
                       "or attach a larger volume", details)
     if config_error or unknown:
         why = config_error or f"size of {', '.join(unknown)} unknown until downloaded"
@@ -286,10 +291,10 @@ def check_tmp(s: Settings) -> Result:
     free = shutil.disk_usage(s.scratch).free
     details = {"path": str(s.scratch), "free_bytes": free, "min_free_bytes": s.min_scratch_free_bytes}
     if free < s.min_scratch_free_bytes:
-        return Result("tmp", Status.FAIL, f"scratch dir {s.scratch} has {_size(free)} free, below "
-                      f"{_size(s.min_scratch_free_bytes)}", "raise the container disk size or clean the scratch dir",
-                      details)
-    return _pass("tmp", f"scratch dir {s.scratch} writable, {_size(free)} free", **details)
+        return Result("tmp", Status.FAIL, f"scratch dir {s.scratch} has {human_bytes(free)} free, below "
+                      f"{human_bytes(s.min_scratch_free_bytes)}",
+                      "raise the container disk size or clean the scratch dir", details)
+    return _pass("tmp", f"scratch dir {s.scratch} writable, {human_bytes(free)} free", **details)
 
 
 def check_model(s: Settings) -> Result:
@@ -329,7 +334,7 @@ def check_model(s: Settings) -> Result:
             parse_model_config(config.path.read_text(), sources.config)
         except ModelConfigError as err:
             problems.append((Status.FAIL, str(err), "fix the model config file"))
-    ok = (f"{sources.name}: {len(files)} files cached and complete ({_size(total)})"
+    ok = (f"{sources.name}: {len(files)} files cached and complete ({human_bytes(total)})"
           + (", content hashes verified" if s.deep else "") + ": the cold start needs no network")
     return _worst(problems, "model", ok, details)
 
@@ -383,7 +388,8 @@ def check_imports(s: Settings) -> Result:
         return Result("imports", Status.WARN, f"{len(report['modules'])} modules import ({seconds:.1f} s); "
                       "CUDA is not available: the worker would run on CPU, far slower",
                       "run on a GPU pod with a driver matching torch's CUDA build", report)
-    gpus = ", ".join(f"{g['name']} {_size(g['free_bytes'])} free of {_size(g['total_bytes'])}" for g in report["gpus"])
+    gpus = ", ".join(f"{g['name']} {human_bytes(g['free_bytes'])} free of {human_bytes(g['total_bytes'])}"
+                     for g in report["gpus"])
     return Result("imports", Status.PASS, f"{len(report['modules'])} modules import ({seconds:.1f} s); CUDA: {gpus}",
                   details=report)
 
@@ -396,10 +402,9 @@ def check_s3(s: Settings) -> Result:
     if bool(b.access_key_id) != bool(b.secret_access_key):
         return Result("s3", Status.FAIL, "only one of BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY is set",
                       "set both, or neither to use the AWS credential chain")
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-    from botocore.exceptions import ConnectionError as EndpointUnreachable
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    from s3_utils import list_s3_objects, make_client, read_text
+    from f5worker.s3 import list_s3_objects, make_client, read_text
 
     client = make_client(b, max_attempts=1)  # one try: report what is wrong, do not retry it
     where = f"s3://{b.name} at {b.endpoint_url or 'AWS'}"
@@ -424,17 +429,8 @@ def check_s3(s: Settings) -> Result:
         step = "list_objects_v2"
         voices = list_s3_objects(client, b.name, b.voices_prefix)
         done.append(f"{len(voices)} objects under {b.voices_prefix}")
-    except NoCredentialsError:
-        return Result("s3", Status.FAIL, "no S3 credentials: BUCKET_ACCESS_KEY_ID/BUCKET_SECRET_ACCESS_KEY unset "
-                      "and none in the AWS credential chain", "set BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY")
-    except ClientError as err:
-        return _s3_client_error(client, b, where, step, err, done)
-    except EndpointUnreachable as err:
-        return Result("s3", Status.FAIL, f"endpoint {b.endpoint_url or 'AWS'} unreachable ({type(err).__name__})",
-                      "check BUCKET_ENDPOINT_URL and that the pod can reach it", {"steps": done})
-    except BotoCoreError as err:
-        return Result("s3", Status.FAIL, f"{where}: {step} failed ({type(err).__name__}: {err})",
-                      "check BUCKET_ENDPOINT_URL, BUCKET_NAME and the endpoint's health", {"steps": done})
+    except (BotoCoreError, ClientError) as err:
+        return _s3_failure(client, b, where, step, err, done)
     finally:
         if written:  # a step after the write failed: do not leave the probe behind
             try:
@@ -445,30 +441,43 @@ def check_s3(s: Settings) -> Result:
                  f"{b.voices_prefix}", steps=done, voices=len(voices))
 
 
-def _s3_client_error(client: Any, b: BucketSettings, where: str, step: str, err: Any, done: list[str]) -> Result:
+def _s3_failure(client: Any, b: BucketSettings, where: str, step: str, err: Any, done: list[str]) -> Result:
+    """The failed step as a result, read by :func:`f5worker.s3.classify_error` as the worker reads job errors."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    code = err.response.get("Error", {}).get("Code", "")
-    if step == "head_bucket" and code == "403":  # HEAD has no body: ask again with a GET for the real code
+    from f5worker.s3 import S3Problem, classify_error, error_code
+
+    if step == "head_bucket" and error_code(err) == "403":  # HEAD has no body: ask again with a GET for the real code
         try:
             client.list_objects_v2(Bucket=b.name, MaxKeys=1)
         except ClientError as detailed:
-            code = detailed.response.get("Error", {}).get("Code", code)
+            err = detailed
         except BotoCoreError:
             pass
+    code = error_code(err)
     details = {"steps": done, "failed_step": step, "code": code}
-    if code in ("404", "NoSuchBucket"):
-        return Result("s3", Status.FAIL, f"{where}: bucket does not exist", "create the bucket or fix BUCKET_NAME",
-                      details)
-    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
-        return Result("s3", Status.FAIL, f"{where}: credentials rejected ({code})",
-                      "fix BUCKET_ACCESS_KEY_ID / BUCKET_SECRET_ACCESS_KEY", details)
-    if code in ("403", "AccessDenied"):
-        return Result("s3", Status.FAIL, f"{where}: access denied at {step} ({code})",
-                      f"grant the key s3:GetObject, PutObject, DeleteObject and ListBucket on {b.name}", details)
-    message = err.response.get("Error", {}).get("Message", "")
-    return Result("s3", Status.FAIL, f"{where}: {step} failed ({code}: {message})", "check the bucket settings",
-                  details)
+    problem = classify_error(err)
+    reason, fix = {
+        S3Problem.NO_CREDENTIALS: ("no S3 credentials: BUCKET_ACCESS_KEY_ID/BUCKET_SECRET_ACCESS_KEY unset and none "
+                                   "in the AWS credential chain",
+                                   "set BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY"),
+        S3Problem.UNREACHABLE: (f"endpoint {b.endpoint_url or 'AWS'} unreachable ({type(err).__name__})",
+                                "check BUCKET_ENDPOINT_URL and that the pod can reach it"),
+        S3Problem.NO_BUCKET: (f"{where}: bucket does not exist", "create the bucket or fix BUCKET_NAME"),
+        S3Problem.CREDENTIALS_REJECTED: (f"{where}: credentials rejected ({code})",
+                                         "fix BUCKET_ACCESS_KEY_ID / BUCKET_SECRET_ACCESS_KEY"),
+        S3Problem.ACCESS_DENIED: (f"{where}: access denied at {step} ({code})",
+                                  f"grant the key s3:GetObject, PutObject, DeleteObject and ListBucket on {b.name}"),
+    }.get(problem) or _s3_other_failure(where, step, err, code)
+    return Result("s3", Status.FAIL, reason, fix, details)
+
+
+def _s3_other_failure(where: str, step: str, err: Any, code: str) -> tuple[str, str]:
+    if code:
+        message = err.response.get("Error", {}).get("Message", "")
+        return f"{where}: {step} failed ({code}: {message})", "check the bucket settings"
+    return (f"{where}: {step} failed ({type(err).__name__}: {err})",
+            "check BUCKET_ENDPOINT_URL, BUCKET_NAME and the endpoint's health")
 
 
 def _lock_state(path: Path) -> str:
@@ -515,10 +524,28 @@ def check_leftovers(s: Settings) -> Result:
     if stale:
         problems.append((Status.WARN, f"{len(stale)} lock files older than {minutes} on a filesystem without flock "
                          "block downloads", f"delete them: {stale[0]} ..."))
+    lease = lease_holder(hub) if hub.is_dir() else None
+    if lease is not None:
+        problems.append(_lease_problem(lease, hub))
     details = {"stale_job_dirs": [str(p) for p in job_dirs], "incomplete": [str(p) for p in partial],
-               "locks": {str(p): state for p, state in locks.items()}}
-    ok = f"no stale job dirs in {s.scratch}, no partial downloads or held locks in {hub}"
+               "locks": {str(p): state for p, state in locks.items()},
+               "provisioning_lease": None if lease is None else {
+                   "path": str(lease.marker), "owner": lease.owner, "stale": lease.stale,
+                   "heartbeat_age_s": round(lease.heartbeat_age_s, 1)}}
+    ok = f"no stale job dirs in {s.scratch}, no partial downloads, held locks or provisioning lease in {hub}"
     return _worst(problems, "leftovers", ok, details)
+
+
+def _lease_problem(lease: LeaseHolder, hub: Path) -> tuple[Status, str, str]:
+    """The provisioning lease (``model_cache.cache_lease``): a worker fetching model files now, or one that died."""
+    heartbeat = f"last heartbeat {lease.heartbeat_age_s:.0f} s ago"
+    if lease.stale:
+        why = "it has exited" if lease.gone else f"no heartbeat for over {LEASE_S:.0f} s"
+        return (Status.WARN, f"stale provisioning lease {lease.marker} held by {lease.owner} ({why}; {heartbeat}): "
+                "a worker died while fetching model files",
+                f"the next fetch takes it over by itself; with no worker running, rm {lease.marker}")
+    return (Status.WARN, f"a worker is fetching model files into {hub} now: provisioning lease {lease.marker} held by "
+            f"{lease.owner} ({heartbeat})", "wait for it to finish before sending traffic")
 
 
 CHECKS: dict[str, Callable[[Settings], Result]] = {

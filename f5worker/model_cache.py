@@ -35,8 +35,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
+import socket
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +48,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from f5worker.model_files import HubFile, ModelFilesMissing, ModelSources, ResolvedModel, first_line, is_hub_ref, parse_model_config
+from f5worker.storage import human_bytes, nearest_existing
 
 log = logging.getLogger("f5tts.provision")
 
@@ -75,9 +78,7 @@ class _Download:
 
 def disk_free(path: Path) -> int:
     """Free bytes on the filesystem holding ``path``, or that will hold it (nearest existing parent)."""
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free
+    return shutil.disk_usage(nearest_existing(path)).free
 
 
 @contextmanager
@@ -103,6 +104,49 @@ def cache_lease(cache_dir: Path, timeout_s: float = LOCK_TIMEOUT_S, lease_s: flo
         yield marker
     finally:
         lease.release()
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """The holder of a cache's provisioning lease, as its marker on disk tells it."""
+
+    marker: Path
+    owner: str  # "pid 12 on host-a", or that the marker is unreadable
+    heartbeat_age_s: float  # since the holder last refreshed the marker (every LEASE_S / 3 while it runs)
+    gone: bool  # it ran on this host and has exited
+
+    @property
+    def stale(self) -> bool:
+        """Whether the next contender takes the lease over at once (``SoftFileLease``'s rules)."""
+        return self.gone or self.heartbeat_age_s >= LEASE_S
+
+
+def lease_holder(cache_dir: Path) -> LeaseHolder | None:
+    """Who holds the provisioning lease of ``cache_dir``, or ``None``; only reads the marker."""
+    from filelock import SoftFileLease
+
+    marker = cache_dir / LEASE_FILE
+    try:
+        heartbeat = marker.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    record = SoftFileLease(marker, lease_duration=LEASE_S).owner
+    if record is None:
+        owner, gone = "an unreadable owner record", False
+    else:
+        owner = f"pid {record.pid} on {record.hostname}"
+        gone = record.hostname == socket.gethostname() and not _process_exists(record.pid)
+    return LeaseHolder(marker, owner, max(0.0, time.time() - heartbeat), gone)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def fetch(
@@ -180,8 +224,8 @@ def _check_space(plan: Sequence[_Download], cache_dir: Path, free_bytes: Callabl
     available = free_bytes(cache_dir)
     if needed > available:
         raise VolumeTooSmall(
-            f"{cache_dir} needs {needed:,} bytes ({_human(needed)}) for {len(pending)} model file(s) "
-            f"but its filesystem has {available:,} bytes ({_human(available)}) free: "
+            f"{cache_dir} needs {needed:,} bytes ({human_bytes(needed)}) for {len(pending)} model file(s) "
+            f"but its filesystem has {available:,} bytes ({human_bytes(available)}) free: "
             "enlarge the network volume or free space on it"
         )
 
@@ -218,10 +262,6 @@ def etag_matches(path: Path, etag: str) -> bool | None:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest() == etag
-
-
-def _human(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def find_cached(hub: HubFile, caches: Sequence[Path]) -> Path | None:

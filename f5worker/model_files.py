@@ -61,6 +61,13 @@ class ModelFilesCorrupt(RuntimeError):
         )
 
 
+class ModelLoadFailed(RuntimeError):
+    """The model's files are sound but this machine could not load them (GPU memory, CUDA, driver, permissions)."""
+
+    def __init__(self, what: str, device: str, err: BaseException):
+        super().__init__(f"cannot load {what} on {device}: {type(err).__name__}: {first_line(err)}")
+
+
 @dataclass(frozen=True)
 class HubFile:
     """``hf://owner/repo/path/in/repo`` split into repo id and filename."""

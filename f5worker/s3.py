@@ -8,6 +8,7 @@ outputs go up in one PUT (S3 stores all of it or nothing), voices come down with
 
 from __future__ import annotations
 
+import enum
 import os
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import boto3
 from botocore.client import BaseClient
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError, NoCredentialsError
 from botocore.exceptions import ConnectionError as S3ConnectionError
 
 from f5worker.storage import BucketSettings
@@ -128,18 +129,53 @@ def presigned_url(client: BaseClient, bucket: str, key: str, expires_s: int = PR
     )
 
 
+class S3Problem(enum.Enum):
+    """What an S3 failure means, whichever call met it: one reading for job errors and the validator."""
+
+    NO_CREDENTIALS = "no credentials"
+    UNREACHABLE = "endpoint unreachable"
+    NO_BUCKET = "bucket does not exist"
+    CREDENTIALS_REJECTED = "credentials rejected"
+    ACCESS_DENIED = "access denied"
+    OTHER = "other"
+
+
+CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"})
+DENIED_CODES = frozenset({"AccessDenied", "403"})  # "403": a HEAD's answer, which has no body to name the code
+
+
+def error_code(err: ClientError | BotoCoreError) -> str:
+    """The S3 error code of a ``ClientError`` (``"403"``, ``"404"`` for a HEAD); ``""`` otherwise."""
+    return err.response.get("Error", {}).get("Code", "") if isinstance(err, ClientError) else ""
+
+
+def classify_error(err: ClientError | BotoCoreError) -> S3Problem:
+    if isinstance(err, NoCredentialsError):
+        return S3Problem.NO_CREDENTIALS
+    if isinstance(err, (S3ConnectionError, HTTPClientError, IncompleteReadError)):
+        return S3Problem.UNREACHABLE
+    code = error_code(err)
+    # HEAD bucket's 404 names the bucket; HEAD object's names the key
+    if code == "NoSuchBucket" or (code in ("404", "NotFound") and err.operation_name == "HeadBucket"):
+        return S3Problem.NO_BUCKET
+    if code in CREDENTIAL_CODES:
+        return S3Problem.CREDENTIALS_REJECTED
+    if code in DENIED_CODES:
+        return S3Problem.ACCESS_DENIED
+    return S3Problem.OTHER
+
+
 def describe_error(err: ClientError | BotoCoreError, bucket: str | None) -> str:
     """What went wrong with S3, for the job's ``error``: the cause and what to check, never a
     credential (botocore's messages name operations, codes and URLs, not keys)."""
-    if isinstance(err, ClientError):
-        code = err.response.get("Error", {}).get("Code", "")
-        if code == "NoSuchBucket":
-            return f"S3 error: bucket {bucket!r} does not exist (check BUCKET_NAME and BUCKET_ENDPOINT_URL)"
-        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
-                    "ExpiredToken"):
-            return (f"S3 error: the bucket refused the credentials ({code}); check BUCKET_ACCESS_KEY_ID, "
-                    f"BUCKET_SECRET_ACCESS_KEY and their permissions on {bucket!r}")
-        return f"S3 error: {err}"
-    if isinstance(err, (S3ConnectionError, HTTPClientError, IncompleteReadError)):
+    problem = classify_error(err)
+    if problem is S3Problem.NO_BUCKET:
+        return f"S3 error: bucket {bucket!r} does not exist (check BUCKET_NAME and BUCKET_ENDPOINT_URL)"
+    if problem in (S3Problem.CREDENTIALS_REJECTED, S3Problem.ACCESS_DENIED):
+        return (f"S3 error: the bucket refused the credentials ({error_code(err)}); check BUCKET_ACCESS_KEY_ID, "
+                f"BUCKET_SECRET_ACCESS_KEY and their permissions on {bucket!r}")
+    if problem is S3Problem.NO_CREDENTIALS:
+        return "S3 error: no credentials (BUCKET_ACCESS_KEY_ID/BUCKET_SECRET_ACCESS_KEY unset, none in the AWS chain)"
+    if problem is S3Problem.UNREACHABLE:
         return f"S3 error: endpoint unreachable or connection lost ({type(err).__name__}: {err})"
-    return f"S3 error: {type(err).__name__}: {err}"
+    return f"S3 error: {err}" if isinstance(err, ClientError) else f"S3 error: {type(err).__name__}: {err}"

@@ -68,6 +68,20 @@ class CachePaths:
         return self.hf_home / "f5tts-fp16"
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path``, or its nearest ancestor that exists: where a directory not yet created will live."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def human_bytes(n: float) -> str:
+    """A byte count for people, in decimal units as volume and disk sizes are sold (``1.40 GB``)."""
+    if n == 0:
+        return "0 bytes"
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
 def is_true(value: str | None) -> bool:
     """An on/off environment variable: ``1``, ``true``, ``yes``, ``on`` (any case) are on."""
     return (value or "").strip().lower() in ("1", "true", "yes", "on")

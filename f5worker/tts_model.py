@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,17 +26,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
+from safetensors import SafetensorError
 
 from f5worker.contract import SynthesisParams
 from f5worker.formats import SAMPLE_RATE
-from f5worker.model_cache import resolve_model
-from f5worker.model_files import ModelFilesCorrupt, ModelSources, ResolvedModel
+from f5worker.model_cache import IncompleteFile, resolve_model, verify_complete
+from f5worker.model_files import ModelFilesCorrupt, ModelLoadFailed, ModelSources, ResolvedModel
 from f5worker.timings import Timings
 
 log = logging.getLogger(__name__)
 
 MAX_CONTEXT_S = 22.0  # upstream's budget of reference + generated seconds per chunk
 OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
+# What the loaders raise when a file's bytes are not a model file: a damaged safetensors header, pickle
+# stream, zip archive, YAML config or vocab; an empty file. Not what they raise when the machine fails them.
+DESERIALISATION_ERRORS = (SafetensorError, pickle.UnpicklingError, EOFError, yaml.YAMLError, UnicodeDecodeError)
+# torch raises plain RuntimeErrors for a damaged zip checkpoint and for a strict load of the wrong tensors
+# (missing or unexpected keys, size mismatch), as it does for CUDA errors: told apart by their message.
+DESERIALISATION_MESSAGES = ("PytorchStreamReader failed", "Error(s) in loading state_dict")
 
 # on_chunk(chunk number from 1, chunk count, the audio that chunk made final)
 ChunkCallback = Callable[[int, int, np.ndarray], None]
@@ -203,6 +212,29 @@ def load_vocos(vocoder_dir: Path, device: str) -> torch.nn.Module:
     return vocoder.eval().to(device)
 
 
+def load_error(what: str, paths: list[Path], device: str, err: Exception) -> ModelFilesCorrupt | ModelLoadFailed:
+    """What to raise when loading ``what`` from ``paths`` failed with ``err``: ``ModelFilesCorrupt`` (delete
+    and provision again) only when a file is to blame, because the loader could not deserialise it or it
+    fails :func:`~f5worker.model_cache.verify_complete`; else ``ModelLoadFailed``, which tells the operator
+    what this machine ran into (out of GPU memory, a CUDA or driver error) and not to delete good files."""
+    damaged = isinstance(err, DESERIALISATION_ERRORS) or (
+        type(err) is RuntimeError and any(m in str(err) for m in DESERIALISATION_MESSAGES)
+    )
+    if damaged or any(map(_incomplete, paths)):
+        return ModelFilesCorrupt(what, paths, err)
+    return ModelLoadFailed(what, device, err)
+
+
+def _incomplete(path: Path) -> bool:
+    try:
+        verify_complete(path)
+    except IncompleteFile:
+        return True
+    except OSError:  # unreadable now: the loader's error says why
+        return False
+    return False
+
+
 class TTSModel:
     """One loaded F5-TTS + vocoder. ``synthesize`` is serialised: the model is not re-entrant,
     and the seed is global RNG state."""
@@ -246,14 +278,14 @@ class TTSModel:
         with timings.measure("vocoder"):
             try:
                 vocoder = load_vocos(resolved.vocoder_dir, device)
-            except Exception as err:  # noqa: BLE001 - whatever the loader trips on, the file is the cause
-                raise ModelFilesCorrupt("the vocoder", sorted(resolved.vocoder_dir.iterdir()), err) from err
+            except Exception as err:  # noqa: BLE001 - classified: corrupt files or a machine that cannot load them
+                raise load_error("the vocoder", sorted(resolved.vocoder_dir.iterdir()), device, err) from err
         with timings.measure("model"):
             try:
                 model = load_f5(getattr(f5_models, resolved.backbone), resolved.arch, checkpoint, resolved.vocab, device)
             except Exception as err:  # noqa: BLE001
                 files = [checkpoint, *([resolved.vocab] if resolved.vocab else [])]
-                raise ModelFilesCorrupt(f"the {resolved.name} model", files, err) from err
+                raise load_error(f"the {resolved.name} model", files, device, err) from err
         instance = cls(model, vocoder, device, resolved)
         instance.load_ms = {**timings.report(), "prefetch": round(prefetch.seconds * 1000, 2)}
         log.info(

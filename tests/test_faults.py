@@ -240,6 +240,24 @@ def test_broken_model_cache_refuses_to_start_with_path_and_fix(start_worker, tmp
         observed(f"model cache: {named[0].split('/')[-1]}", log.strip().splitlines()[-1][:160] + "...", 0, 0)
 
 
+def test_out_of_gpu_memory_at_start_stops_the_worker_without_blaming_the_files(monkeypatch):
+    """The model's files are sound; the machine cannot hold them. The worker exits naming the model,
+    the device and the error, and does not tell the operator to delete good files."""
+    import runpod_handler
+    from f5worker import tts_model
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(tts_model, "load_f5", out_of_memory)
+    monkeypatch.setenv("RUNPOD_LOG_LEVEL", "INFO")  # main() sets it; restored after the test
+    with pytest.raises(SystemExit) as stopped:
+        runpod_handler.main()
+    assert stopped.value.code == (f"cannot start: cannot load the tiny model on {tts_model.pick_device()}: "
+                                  "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB")
+    observed("torch.OutOfMemoryError loading the model", stopped.value.code, 0, 0)
+
+
 def test_scratch_space_exhausted_while_writing_output(start_worker):
     """RLIMIT_FSIZE on the worker process stands in for a full /tmp: the write fails with EFBIG
     (SIGXFSZ ignored, as a full disk fails with ENOSPC), the job gets a clear error, the partial

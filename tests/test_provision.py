@@ -17,7 +17,7 @@ import pytest
 
 from f5worker.model_files import HubFile, ModelFilesMissing, ModelSources
 from f5worker.model_cache import LEASE_FILE, LEASE_S, cache_lease, etag_matches
-from f5worker.storage import CachePaths
+from f5worker.storage import CachePaths, human_bytes, nearest_existing
 from tests.conftest import BUCKET_ENV_KEYS, ROOT, TINY_ENV
 from tests.fake_hub import FakeHub, git_blob_sha1
 from tests.tiny_models import tiny_model_env
@@ -215,10 +215,18 @@ def test_a_too_small_volume_fails_before_downloading_with_needed_and_available(f
     assert result.returncode == 3, result.stderr
     needed = sum(len(served(fake_hub, r)) for r in REFS)
     assert f"needs {needed:,} bytes" in result.stdout and "has 1,000,000 bytes" in result.stdout
+    assert f"({human_bytes(needed)})" in result.stdout and "(1.0 MB)" in result.stdout  # as the validator writes sizes
     assert str(cache) in result.stdout
     assert fake_hub.gets() == [] and {r.method for r in fake_hub.requests} == {"HEAD"}  # metadata only
     assert not list(cache.glob("models--*/blobs/*"))
     print(f"\ntoo small: failed in {time.monotonic() - started:.2f}s with: {result.stdout.strip()}")
+
+
+def test_sizes_and_the_filesystem_of_a_path_not_yet_created_as_the_validator_reads_them(tmp_path):
+    assert nearest_existing(tmp_path / "volume" / "models" / "hub") == tmp_path
+    assert nearest_existing(Path("/")) == Path("/")
+    assert [human_bytes(n) for n in (0, 1_700_000, 55_000_000, 1_400_000_000)] == [
+        "0 bytes", "1.7 MB", "55.0 MB", "1.40 GB"]
 
 
 def _hold_lease(cache: Path, lease_s: float) -> subprocess.Popen[str]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import requests
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 
 import s3_utils
+from f5worker.s3 import S3Problem, classify_error
 from f5worker.storage import BucketSettings
 
 
@@ -50,6 +51,37 @@ def test_listing_paginates(s3, bucket_env):
 def test_wrong_bucket_is_not_reported_as_missing_object(s3):
     with pytest.raises(ClientError):
         s3_utils.check_s3_object_exists(s3, "no-such-bucket-here", "x")
+
+
+def test_a_missing_bucket_met_by_a_head_request_is_named(s3):
+    """HEAD answers carry no error body: a missing bucket is a bare 404 from HeadBucket."""
+    with pytest.raises(ClientError) as caught:
+        s3_utils.check_s3_object_exists(s3, "no-such-bucket-here", "x")
+    assert s3_utils.describe_error(caught.value, "no-such-bucket-here") == (
+        "S3 error: bucket 'no-such-bucket-here' does not exist (check BUCKET_NAME and BUCKET_ENDPOINT_URL)")
+
+
+def client_error(code: str, operation: str) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "..."}}, operation)
+
+
+@pytest.mark.parametrize(("err", "problem"), [
+    (client_error("NoSuchBucket", "GetObject"), S3Problem.NO_BUCKET),
+    (client_error("404", "HeadBucket"), S3Problem.NO_BUCKET),
+    (client_error("404", "HeadObject"), S3Problem.OTHER),  # a missing key: the bucket is there
+    (client_error("NoSuchKey", "GetObject"), S3Problem.OTHER),
+    (client_error("InvalidAccessKeyId", "HeadBucket"), S3Problem.CREDENTIALS_REJECTED),
+    (client_error("SignatureDoesNotMatch", "PutObject"), S3Problem.CREDENTIALS_REJECTED),
+    (client_error("ExpiredToken", "GetObject"), S3Problem.CREDENTIALS_REJECTED),
+    (client_error("AccessDenied", "GetObject"), S3Problem.ACCESS_DENIED),
+    (client_error("403", "HeadObject"), S3Problem.ACCESS_DENIED),
+    (client_error("SlowDown", "PutObject"), S3Problem.OTHER),
+    (NoCredentialsError(), S3Problem.NO_CREDENTIALS),
+    (EndpointConnectionError(endpoint_url="http://127.0.0.1:9"), S3Problem.UNREACHABLE),
+    (ReadTimeoutError(endpoint_url="http://127.0.0.1:9"), S3Problem.UNREACHABLE),
+])
+def test_one_reading_of_s3_errors_for_jobs_and_the_validator(err, problem):
+    assert classify_error(err) is problem
 
 
 def test_settings_from_env_and_no_secret_in_repr():

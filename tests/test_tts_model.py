@@ -15,7 +15,17 @@ import torch
 
 from tests.conftest import ALICE_TEXT, ROOT, TINY_ENV
 from f5worker.contract import SynthesisParams
-from f5worker.tts_model import Prefetch, TTSModel, half_precision_path, load_f5, weights_file, write_half_precision_copy
+from f5worker import tts_model
+from f5worker.model_files import ModelFilesCorrupt, ModelLoadFailed, ModelSources
+from f5worker.tts_model import (
+    Prefetch,
+    TTSModel,
+    half_precision_path,
+    load_error,
+    load_f5,
+    weights_file,
+    write_half_precision_copy,
+)
 
 
 def upstream_load(checkpoint: Path, tiny_model: TTSModel) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -81,6 +91,57 @@ def test_load_rejects_a_checkpoint_missing_keys(tiny_model: TTSModel, tmp_path: 
 
     with pytest.raises(RuntimeError, match="Missing key"):
         load_f5(f5_models.DiT, tiny_model.resolved.arch, broken, tiny_model.resolved.vocab, "cpu")
+
+
+# What a sound model file meets on a machine that cannot load it: none of it is the file's fault.
+MACHINE_FAILURES = [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.10 GiB total capacity)"),
+    RuntimeError("CUDA error: an illegal memory access was encountered"),
+    RuntimeError("The NVIDIA driver on your system is too old (found version 11040)."),
+    MemoryError(),
+    PermissionError(13, "Permission denied"),
+]
+
+
+@pytest.mark.parametrize("loader", ["load_f5", "load_vocos"])
+@pytest.mark.parametrize("err", MACHINE_FAILURES, ids=lambda e: type(e).__name__)
+def test_a_machine_that_cannot_load_sound_files_does_not_call_them_corrupt(loader: str, err: Exception,
+                                                                           monkeypatch: pytest.MonkeyPatch):
+    def fail(*args, **kwargs):
+        raise err
+
+    monkeypatch.setattr(tts_model, loader, fail)
+    with pytest.raises(ModelLoadFailed) as caught:
+        TTSModel.load(ModelSources.from_env(), Path(TINY_ENV["HF_HUB_CACHE"]), allow_download=False, device="cpu")
+    what = "the vocoder" if loader == "load_vocos" else "the tiny model"
+    message = str(caught.value)
+    assert message.startswith(f"cannot load {what} on cpu: {type(err).__name__}"), message
+    assert not any(word in message for word in ("corrupt", "truncated", "delete", "provision")), message
+
+
+def test_only_a_damaged_file_is_called_corrupt(own_checkpoint: Path, tmp_path: Path):
+    from safetensors.torch import load_file
+
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(own_checkpoint.read_bytes()[:-1000])
+    with pytest.raises(Exception) as unreadable:
+        load_file(str(truncated))
+    empty = tmp_path / "pytorch_model.bin"
+    empty.write_bytes(b"")
+    with pytest.raises(Exception) as nothing:
+        torch.load(str(empty), weights_only=True)
+    cuda_error = RuntimeError("CUDA error: an illegal memory access was encountered")
+    mismatch = RuntimeError("Error(s) in loading state_dict for CFM:\n\tsize mismatch for transformer.proj.weight")
+    cases = [
+        (truncated, unreadable.value, ModelFilesCorrupt),  # the loader's own deserialisation error
+        (empty, nothing.value, ModelFilesCorrupt),
+        (own_checkpoint, mismatch, ModelFilesCorrupt),  # a strict load of the wrong tensors
+        (truncated, cuda_error, ModelFilesCorrupt),  # whatever the error, the file fails verify_complete
+        (own_checkpoint, cuda_error, ModelLoadFailed),
+        (own_checkpoint, torch.OutOfMemoryError("Error(s) in loading state_dict: out of memory"), ModelLoadFailed),
+    ]
+    for path, err, expected in cases:
+        assert type(load_error("the model", [path], "cuda", err)) is expected, (path.name, err)
 
 
 @pytest.fixture

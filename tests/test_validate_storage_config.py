@@ -26,7 +26,7 @@ import pytest
 import requests
 
 import validate_storage_config as v
-from f5worker.model_cache import IncompleteFile, verify_complete
+from f5worker.model_cache import LEASE_FILE, LEASE_S, IncompleteFile, verify_complete
 from f5worker.model_files import BUILTIN_CHECKPOINTS, PUBLISHED_FILE_BYTES, VOCODER_REPO
 from f5worker.storage import JOB_DIR_PREFIX
 from tests.conftest import BUCKET_ENV_KEYS, ROOT, S3_CREDENTIALS, TINY_ENV, free_port
@@ -429,6 +429,54 @@ def test_held_cache_lock_warns_and_a_released_one_does_not(provisioned, scratch)
     assert held.status is v.Status.WARN and "download into" in held.reason
     released = v.check_leftovers(settings(provisioned, scratch))
     assert released.status is v.Status.PASS and released.details["locks"] == {str(lock): "free"}
+
+
+@pytest.fixture
+def lease_holder_process(provisioned) -> Iterator[subprocess.Popen[str]]:
+    """A process holding the volume cache's provisioning lease, as a worker fetching model files does."""
+    script = ("import sys, time\n"
+              "from pathlib import Path\n"
+              "from f5worker.model_cache import cache_lease\n"
+              "with cache_lease(Path(sys.argv[1])):\n"
+              "    print('held', flush=True)\n"
+              "    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, provisioned["HF_HUB_CACHE"]], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_live_provisioning_lease_warns_and_a_dead_holders_is_stale(provisioned, scratch, lease_holder_process):
+    marker = Path(provisioned["HF_HUB_CACHE"]) / LEASE_FILE
+    live = v.check_leftovers(settings(provisioned, scratch))
+    assert live.status is v.Status.WARN and "is fetching model files into" in live.reason, live
+    assert f"pid {lease_holder_process.pid} on " in live.reason and live.fix.startswith("wait for it")
+    assert live.details["provisioning_lease"]["stale"] is False
+    lease_holder_process.kill()  # SIGKILL: the marker stays behind
+    lease_holder_process.wait()
+    dead = v.check_leftovers(settings(provisioned, scratch))
+    assert dead.status is v.Status.WARN and f"stale provisioning lease {marker}" in dead.reason, dead
+    assert "it has exited" in dead.reason and f"rm {marker}" in dead.fix
+    assert dead.details["provisioning_lease"]["stale"] is True
+
+
+def test_provisioning_lease_of_another_host_is_stale_only_without_heartbeat(provisioned, scratch):
+    marker = Path(provisioned["HF_HUB_CACHE"]) / LEASE_FILE
+    marker.parent.mkdir(parents=True)
+    marker.write_text("filelock/2\npid=4242\nhost=another-pod\nmode=lease\ntoken=0123abcd\n"
+                      f"duration={LEASE_S!r}\n")
+    live = v.check_leftovers(settings(provisioned, scratch))
+    assert live.status is v.Status.WARN and "held by pid 4242 on another-pod" in live.reason, live
+    assert not live.details["provisioning_lease"]["stale"]
+    last_heartbeat = time.time() - LEASE_S - 5
+    os.utime(marker, (last_heartbeat, last_heartbeat))
+    stale = v.check_leftovers(settings(provisioned, scratch))
+    assert stale.status is v.Status.WARN and f"stale provisioning lease {marker}" in stale.reason, stale
+    assert f"no heartbeat for over {LEASE_S:.0f} s" in stale.reason and f"rm {marker}" in stale.fix
 
 
 # ---------------------------------------------------------------------------- the script
