@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from f5worker.model_cache import fetch
-from f5worker.url_fetch import FetchError, public_address
+from f5worker.url_fetch import FetchError, fetch, public_address
 
 BODY = b"RIFF" + bytes(range(256)) * 40
 
