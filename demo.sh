@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup.sh
-eval "$(.venv/bin/python -m tests.tiny_models .cache/tiny)"
+eval "$(.venv/bin/python -m tests.support.tiny_models .cache/tiny)"
 export HF_HUB_OFFLINE=1
 .venv/bin/python runpod_handler.py --test_input \
   '{"input": {"text": "Hello from the F5-TTS RunPod worker.", "output_format": "mp3", "seed": 42}}'

@@ -7,7 +7,9 @@ import threading
 
 import pytest
 
-from tests.conftest import TINY_ENV, decode, free_port
+from tests.support.audio_bytes import decode
+from tests.support.net import free_port
+from tests.support.tiny_models import TINY_ENV
 
 JOB = {"text": "Hello from the local API.", "voice": "alice", "nfe_step": 4, "seed": 1}
 

@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import ALICE_TEXT, decode, reference_wav_bytes
+from tests.support.audio_bytes import decode, reference_wav_bytes
+from tests.support.bucket import ALICE_TEXT
 
 LONG_TEXT = " ".join(["The quick brown fox jumps over the lazy dog, and then it runs away."] * 5)  # 3 chunks
 FAST = {"nfe_step": 4, "seed": 2}

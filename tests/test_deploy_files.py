@@ -19,9 +19,11 @@ from f5worker.contract import MAX_TEXT_CHARS, parse_request
 from f5worker.model_cache import resolve_model
 from f5worker.model_files import BUILTIN_CHECKPOINTS, DEFAULT_MODEL, HubFile, ModelSources
 from f5worker.storage import BucketSettings, CachePaths
-from tests.conftest import ROOT, TINY_ENV, decode
-from tests.env_vars import env_vars_read_by_code
-from tests.fake_hub import FakeHub
+from tests.support.audio_bytes import decode
+from tests.support.env_vars import env_vars_read_by_code
+from tests.support.fake_hub import FakeHub
+from tests.support.paths import ROOT
+from tests.support.tiny_models import TINY_ENV
 
 DOCKERFILE = ROOT / "Dockerfile.runpod"
 HUB = json.loads((ROOT / ".runpod" / "hub.json").read_text())

@@ -16,9 +16,12 @@ import pytest
 import torch
 
 from f5worker.model_files import VOCODER_REPO
-from tests.conftest import ALICE_TEXT, TINY_ENV, TINY_HOME, encode_as, free_port, populate_bucket, reference_wav_bytes
-from tests.s3_servers import MotoProcess, S3Proxy
-from tests.tiny_models import REVISION as TINY_REVISION, TINY_REPO
+from tests.support.audio_bytes import encode_as, reference_wav_bytes
+from tests.support.bucket import ALICE_TEXT, populate_bucket
+from tests.support.net import free_port
+from tests.support.s3_servers import MotoProcess, S3Proxy
+from tests.support.tiny_models import REVISION as TINY_REVISION
+from tests.support.tiny_models import TINY_HOME, TINY_REPO
 
 FAST = {"nfe_step": 4, "seed": 3}
 # Retries and timeouts tightened so the bounded-retry timings below stay short.

@@ -1,5 +1,5 @@
 """Model provisioning for real: ``provision.py`` and the worker download the tiny model from a fake
-Hugging Face hub on 127.0.0.1 (``tests/fake_hub.py``) into an empty "volume"."""
+Hugging Face hub on 127.0.0.1 (``tests/support/fake_hub.py``) into an empty "volume"."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ import pytest
 from f5worker.model_files import HubFile, ModelFilesMissing, ModelSources
 from f5worker.model_cache import LEASE_FILE, LEASE_S, cache_lease, etag_matches
 from f5worker.storage import CachePaths
-from tests.conftest import BUCKET_ENV_KEYS, ROOT, TINY_ENV
-from tests.fake_hub import FakeHub, git_blob_sha1
-from tests.tiny_models import tiny_model_env
+from tests.support.bucket import BUCKET_ENV_KEYS
+from tests.support.fake_hub import FakeHub, git_blob_sha1
+from tests.support.paths import ROOT
+from tests.support.tiny_models import TINY_ENV, tiny_model_env
 
 REFS = ModelSources.from_env(TINY_ENV).file_refs()
 JOB = {"text": "Hello from a fresh volume.", "nfe_step": 4, "seed": 1}

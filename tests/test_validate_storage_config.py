@@ -29,8 +29,10 @@ import validate_storage_config as v
 from f5worker.model_cache import IncompleteFile, verify_complete
 from f5worker.model_files import BUILTIN_CHECKPOINTS, PUBLISHED_FILE_BYTES, VOCODER_REPO
 from f5worker.storage import JOB_DIR_PREFIX
-from tests.conftest import BUCKET_ENV_KEYS, ROOT, S3_CREDENTIALS, TINY_ENV, free_port
-from tests.tiny_models import TINY_REPO, tiny_model_env
+from tests.support.bucket import BUCKET_ENV_KEYS, S3_CREDENTIALS
+from tests.support.net import free_port
+from tests.support.paths import ROOT
+from tests.support.tiny_models import TINY_ENV, TINY_REPO, tiny_model_env
 
 TINY_HUB = Path(TINY_ENV["HF_HUB_CACHE"])
 SHM = Path("/dev/shm")

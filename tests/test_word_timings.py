@@ -10,7 +10,7 @@ import pytest
 import srt
 import webvtt
 
-from tests.conftest import decode
+from tests.support.audio_bytes import decode
 
 FAST = {"nfe_step": 4, "seed": 3}
 
