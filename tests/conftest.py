@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,10 +21,12 @@ from hypothesis import HealthCheck, settings
 from tests.support.bucket import BUCKET_ENV_KEYS, S3_CREDENTIALS, populate_bucket
 from tests.support.fake_hub import FakeHub
 from tests.support.net import free_port
+from tests.support.process_guard import ProcessGuard
 from tests.support.tiny_models import TINY_ENV, TINY_HOME, build_tiny_cache
 from tests.support.worker_process import WorkerProcess
 
 ENV_BEFORE = pytest.StashKey[dict[str, str]]()
+GUARD = ProcessGuard()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -38,6 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.pop(key, None)
     shutil.rmtree(TINY_HOME, ignore_errors=True)
     build_tiny_cache(TINY_HOME / "hub")
+    GUARD.install()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -45,6 +48,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if ENV_BEFORE in config.stash:
         os.environ.clear()
         os.environ.update(config.stash[ENV_BEFORE])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    GUARD.unmarked_test = None if item.get_closest_marker("process") else item.nodeid
+    try:
+        return (yield)
+    finally:
+        GUARD.unmarked_test = None
 
 
 @pytest.fixture

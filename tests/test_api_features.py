@@ -74,6 +74,7 @@ def reassemble(items: list[dict]) -> bytes:
     return b"".join(base64.b64decode(item["audio_base64"]) for item in items)
 
 
+@pytest.mark.process
 def test_streaming_worker(start_worker, recorder):
     worker = start_worker({"STREAMING": "1", "RUNPOD_WEBHOOK_POST_OUTPUT": recorder.url})
 
@@ -99,6 +100,7 @@ def test_streaming_worker(start_worker, recorder):
     assert reassemble(items) == base64.b64decode(classic["output"][0]["audio_base64"])
 
 
+@pytest.mark.process
 def test_classic_worker_features(start_worker, bucket_env, s3, recorder):
     worker = start_worker({**bucket_env, "RUNPOD_WEBHOOK_POST_OUTPUT": recorder.url})
     bucket = bucket_env["BUCKET_NAME"]

@@ -104,6 +104,7 @@ print(json.dumps(report))
 """
 
 
+@pytest.mark.process
 def test_cold_start_imports_no_whisper_and_the_first_job_loads_it(tmp_path):
     """In a fresh process: ``Worker.from_env`` imports nothing of Whisper, ASR off or on; the
     first job asking for word timings loads it."""

@@ -103,12 +103,14 @@ def test_base_image_python_and_install_steps_match_the_project():
     assert called == {"provision.py"}
 
 
+@pytest.mark.process
 def test_hadolint_passes():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.process
 def test_the_bake_step_fills_the_image_cache_the_worker_falls_back_to(tmp_path):
     """Run the Dockerfile's own baking RUN line (as ``sh -c``) against a fake hub that serves the tiny
     weights under F5TTS_v1_Base's names, then resolve the model with an empty volume."""

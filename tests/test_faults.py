@@ -47,6 +47,7 @@ def timed(call, *args):
     return result, time.monotonic() - started
 
 
+@pytest.mark.process
 def test_s3_endpoint_down_during_download_and_upload_then_back(start_worker, bucket_env, s3, moto_endpoint):
     bucket = bucket_env["BUCKET_NAME"]
     proxy = S3Proxy(moto_endpoint)
@@ -99,6 +100,7 @@ def test_s3_endpoint_down_during_download_and_upload_then_back(start_worker, buc
     proxy.close()
 
 
+@pytest.mark.process
 def test_refused_credentials_fail_s3_jobs_only(start_worker, tmp_path):
     """moto enforcing signatures as S3 does: a wrong secret is a 403 with a clear message; jobs
     that need no bucket still run on the same worker."""
@@ -178,6 +180,7 @@ BAD_VOICE_ERRORS = {
 }
 
 
+@pytest.mark.process
 def test_unusable_voices_each_fail_clearly(start_worker, bucket_env, s3, moto_endpoint):
     bucket = bucket_env["BUCKET_NAME"]
     for name, data in bad_voices().items():
@@ -224,6 +227,7 @@ MODEL_CACHE_FAULTS = [
 ]
 
 
+@pytest.mark.process
 def test_broken_model_cache_refuses_to_start_with_path_and_fix(start_worker, tmp_path):
     workers = []
     for i, (repo, filename, how, expected) in enumerate(MODEL_CACHE_FAULTS):
@@ -243,6 +247,7 @@ def test_broken_model_cache_refuses_to_start_with_path_and_fix(start_worker, tmp
         observed(f"model cache: {named[0].split('/')[-1]}", log.strip().splitlines()[-1][:160] + "...", 0, 0)
 
 
+@pytest.mark.process
 def test_scratch_space_exhausted_while_writing_output(start_worker):
     """RLIMIT_FSIZE on the worker process stands in for a full /tmp: the write fails with EFBIG
     (SIGXFSZ ignored, as a full disk fails with ENOSPC), the job gets a clear error, the partial

@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import requests
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -36,6 +37,7 @@ def send_raw(url: str, payload: dict) -> dict:
     return response.json()
 
 
+@pytest.mark.process
 def test_hostile_voices_never_reach_s3_and_no_secret_leaks(start_worker, bucket_env, s3, moto_endpoint):
     """One worker process, logging at DEBUG with sentinel credentials, behind a proxy that records
     every S3 request: hostile voice names are refused with zero requests; then real jobs run."""

@@ -68,6 +68,7 @@ def assert_one_valid_copy(hub: FakeHub, cache: Path) -> None:
     assert blobs == expected  # one blob per file, named by the hub's ETag, no *.incomplete
 
 
+@pytest.mark.process
 def test_fetch_fills_an_empty_cache_and_then_makes_no_request(fake_hub, tmp_path):
     cache = tmp_path / "volume" / "models" / "hub"
     first = run_fetch(fake_hub, cache)
@@ -83,6 +84,7 @@ def test_fetch_fills_an_empty_cache_and_then_makes_no_request(fake_hub, tmp_path
     assert len(fake_hub.requests) == requests_before  # offline: not even a HEAD
 
 
+@pytest.mark.process
 def test_worker_first_start_downloads_into_the_volume_and_second_start_is_offline(fake_hub, start_worker, tmp_path):
     volume = tmp_path / "runpod-volume"
     env = process_env(fake_hub, volume)
@@ -107,6 +109,7 @@ def test_worker_first_start_downloads_into_the_volume_and_second_start_is_offlin
           f"second start (warm volume, 0 requests) {second_ready:.1f}s")
 
 
+@pytest.mark.process
 def test_worker_starts_offline_from_runpods_cache_and_the_image(fake_hub, start_worker, tmp_path):
     """Nothing on the volume, downloads off: the checkpoint comes from RunPod's cached-models mount
     (which holds only the F5-TTS repo, no refs/main) and the vocoder from the image's cache."""
@@ -125,6 +128,7 @@ def test_worker_starts_offline_from_runpods_cache_and_the_image(fake_hub, start_
     assert fake_hub.requests == [] and not (volume / "models" / "hub").exists()
 
 
+@pytest.mark.process
 def test_concurrent_fetches_on_one_empty_cache_make_one_valid_copy(fake_hub, tmp_path):
     """N workers start at once against one empty volume: one downloads, the others wait on the lease
     and then find the files; nothing is downloaded twice and no file is torn."""
@@ -156,6 +160,7 @@ def test_concurrent_fetches_on_one_empty_cache_make_one_valid_copy(fake_hub, tmp
             line.split()[-1] for line in downloaders[0].splitlines()[:-1])
 
 
+@pytest.mark.process
 def test_a_killed_download_is_never_used_and_the_next_run_recovers(fake_hub, tmp_path):
     cache = tmp_path / "volume" / "models" / "hub"
     checkpoint = HubFile.parse(TINY_ENV["F5TTS_CKPT_FILE"])
@@ -194,6 +199,7 @@ def test_a_killed_download_is_never_used_and_the_next_run_recovers(fake_hub, tmp
     print(f"rerun recovered in {elapsed:.1f}s")
 
 
+@pytest.mark.process
 def test_a_too_small_volume_fails_before_downloading_with_needed_and_available(fake_hub, tmp_path):
     cache = tmp_path / "volume" / "models" / "hub"
     script = (
@@ -237,6 +243,7 @@ def _hold_lease(cache: Path, lease_s: float) -> subprocess.Popen[str]:
     return holder
 
 
+@pytest.mark.process
 def test_a_live_holders_lease_is_respected_and_a_hung_ones_is_taken_over(tmp_path):
     """A worker on another host cannot be checked by PID: its lease is kept while its heartbeat runs
     and taken over once it stops (SIGSTOP stands in for a hung or vanished host)."""

@@ -148,6 +148,7 @@ def test_half_copy_loads_like_upstream_loads_it(own_checkpoint: Path, tmp_path: 
     assert_same_module(ours, theirs)
 
 
+@pytest.mark.process
 def test_half_copy_cli_writes_the_configured_models_copy(tmp_path: Path):
     env = {**os.environ, **TINY_ENV}
     out = subprocess.run([sys.executable, "provision.py", "half-copy"], cwd=ROOT, env=env,

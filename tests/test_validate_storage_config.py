@@ -137,6 +137,7 @@ def test_dirs_exist_and_take_a_probe_file(provisioned, scratch):
     assert not list(Path(provisioned["HF_HUB_CACHE"]).glob(".validate-probe-*"))
 
 
+@pytest.mark.process
 def test_read_only_cache_dir_fails(provisioned, scratch, read_only_dir):
     result = v.check_dirs(settings({**provisioned, "HF_HUB_CACHE": str(read_only_dir)}, scratch))
     assert result.status is v.Status.FAIL
@@ -187,6 +188,7 @@ def test_tmp_writable_with_space_passes(provisioned, scratch):
     assert v.check_tmp(settings(provisioned, scratch)).status is v.Status.PASS
 
 
+@pytest.mark.process
 def test_tmp_read_only_or_full_fails(provisioned, scratch, read_only_dir):
     read_only = v.check_tmp(settings(provisioned, read_only_dir))
     assert read_only.status is v.Status.FAIL and "not writable" in read_only.reason
@@ -285,6 +287,7 @@ def test_deep_check_of_a_git_blob(tmp_path):
 
 # ---------------------------------------------------------------------------- imports
 
+@pytest.mark.process
 def test_imports_fail_when_a_library_is_broken(provisioned, scratch, tmp_path):
     shadow = tmp_path / "shadow"
     shadow.mkdir()
@@ -371,11 +374,13 @@ def iam_moto() -> Iterator[dict[str, dict[str, str]]]:
         proc.wait(timeout=10)
 
 
+@pytest.mark.process
 def test_s3_with_valid_iam_credentials_passes(iam_moto, provisioned, scratch):
     result = v.check_s3(settings({**provisioned, **iam_moto["worker"]}, scratch))
     assert result.status is v.Status.PASS, result
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(("override", "code"), [
     ({"BUCKET_ACCESS_KEY_ID": "AKIANOSUCHKEY0000000"}, "InvalidAccessKeyId"),
     ({"BUCKET_SECRET_ACCESS_KEY": "wrong-secret"}, "SignatureDoesNotMatch"),
@@ -387,11 +392,13 @@ def test_s3_bad_credentials_fail(iam_moto, provisioned, scratch, override, code)
     assert result.reason == f"s3://iam-bucket at {endpoint}: credentials rejected ({code})"
 
 
+@pytest.mark.process
 def test_s3_key_without_permissions_is_access_denied(iam_moto, provisioned, scratch):
     result = v.check_s3(settings({**provisioned, **iam_moto["nobody"]}, scratch))
     assert result.status is v.Status.FAIL and "access denied at head_bucket (AccessDenied)" in result.reason
 
 
+@pytest.mark.process
 def test_s3_probe_is_removed_when_reading_it_back_is_denied(iam_moto, provisioned, scratch):
     result = v.check_s3(settings({**provisioned, **iam_moto["no-read"]}, scratch))
     assert result.status is v.Status.FAIL and "access denied at get_object (AccessDenied)" in result.reason
@@ -445,6 +452,7 @@ def run_script(args: list[str], env: dict[str, str]) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.process
 def test_script_json_all_good_on_the_tiny_cache_and_moto(provisioned, bucket_env, scratch):
     proc = run_script(["--json"], script_env({**provisioned, **bucket_env}, scratch))
     doc = json.loads(proc.stdout)
@@ -460,6 +468,7 @@ def test_script_json_all_good_on_the_tiny_cache_and_moto(provisioned, bucket_env
     assert S3_CREDENTIALS["BUCKET_SECRET_ACCESS_KEY"] not in proc.stdout + proc.stderr
 
 
+@pytest.mark.process
 def test_script_failing_run_exits_1_with_fixes(provisioned, bucket_env, scratch):
     ckpt = snapshot_file(provisioned, TINY_REPO, "model.safetensors")
     os.truncate(ckpt, ckpt.stat().st_size // 2)
@@ -473,6 +482,7 @@ def test_script_failing_run_exits_1_with_fixes(provisioned, bucket_env, scratch)
     assert S3_CREDENTIALS["BUCKET_SECRET_ACCESS_KEY"] not in proc.stdout + proc.stderr
 
 
+@pytest.mark.process
 def test_script_warnings_only_exit_2_and_bad_skip_64(provisioned, scratch):
     proc = run_script(["--json", "--skip", "imports,leftovers"], script_env(provisioned, scratch))
     doc = json.loads(proc.stdout)
@@ -482,6 +492,7 @@ def test_script_warnings_only_exit_2_and_bad_skip_64(provisioned, scratch):
     assert bad.returncode == 64 and "bogus" in bad.stderr
 
 
+@pytest.mark.process
 def test_validator_stays_torch_free_outside_the_imports_check(provisioned, bucket_env, scratch):
     code = ("import sys, validate_storage_config as v; v.main(['--skip', 'imports', '--json']); "
             "print(sorted(m for m in ('torch', 'f5_tts', 'transformers', 'runpod') if m in sys.modules))")
