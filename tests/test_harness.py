@@ -1,5 +1,5 @@
 """The test harness itself: the ``process`` marker is enforced, importing conftest changes nothing,
-and bench/ needs no conftest."""
+bench/ needs no conftest, and the pinned tools are the ones installed and hooked."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import json
 import re
 import subprocess
 import sys
+from importlib.metadata import version
 
 import pytest
+import yaml
 
 from tests.support.paths import ROOT
 
@@ -42,3 +44,12 @@ def test_bench_imports_test_support_only():
     for path in ROOT.glob("bench/*.py"):
         assert "conftest" not in path.read_text(), path
 
+
+def test_the_dev_tools_are_pinned_installed_and_hooked_at_the_same_version():
+    pins = dict(line.split("==") for line in (ROOT / "requirements-dev.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    for tool in ("pytest-timeout", "pre-commit", "ruff"):
+        assert version(tool) == pins[tool], tool
+    hooks = [hook for repo in yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())["repos"]
+             for hook in repo["hooks"]]
+    assert [dep for hook in hooks for dep in hook.get("additional_dependencies", [])] == [f"ruff=={pins['ruff']}"]
