@@ -80,7 +80,7 @@ def main() -> None:
 
         hf_home = work / "hf"
         env.update(build_tiny_cache(hf_home / "hub"))
-        models = "tiny random-weight F5-TTS + Whisper (tests/tiny_models.py)"
+        models = "tiny random-weight F5-TTS + Whisper (tests/support/tiny_models.py)"
     else:
         hf_home = args.hf_home
         models = f"the models in {hf_home}"

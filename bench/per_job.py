@@ -1,6 +1,6 @@
 """Per-job overhead of the handler, and the repeated-voice cache, with the tiny model and moto S3.
 
-In one process: a tiny random-weight model (``tests/tiny_models.py``), a ThreadedMotoServer on
+In one process: a tiny random-weight model (``tests/support/tiny_models.py``), a ThreadedMotoServer on
 127.0.0.1 holding voices, and ``Worker.from_env()`` as ``main()`` builds it. Interleaved, job by
 job: the bare ``TTSModel.synthesize`` call on an already-prepared reference, and ``Worker.run``
 (validate -> voice from S3 -> synthesize -> encode -> upload -> presigned URL -> clean up) on the
