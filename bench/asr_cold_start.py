@@ -28,7 +28,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.net import free_port, stop_process  # noqa: E402
+from tests.support.net import free_port, stop_process  # noqa: E402
 
 JOB = {"text": "Cold start of the worker, measured.", "nfe_step": 4, "seed": 1, "return_word_timings": True}
 
@@ -76,11 +76,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="asr-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUCKET_", "ASR_"))}
     if args.hf_home is None:
-        from tests.tiny_models import build_tiny_cache
+        from tests.support.tiny_models import build_tiny_cache
 
         hf_home = work / "hf"
         env.update(build_tiny_cache(hf_home / "hub"))
-        models = "tiny random-weight F5-TTS + Whisper (tests/tiny_models.py)"
+        models = "tiny random-weight F5-TTS + Whisper (tests/support/tiny_models.py)"
     else:
         hf_home = args.hf_home
         models = f"the models in {hf_home}"

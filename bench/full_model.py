@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from f5worker.model_files import BUILTIN_CHECKPOINTS, DEFAULT_MODEL, VOCODER_REPO, HubFile
-from tests.tiny_models import tiny_f5_state_dict, tiny_vocos_state_dict, vocos_config, write_hub_file
+from tests.support.tiny_models import tiny_f5_state_dict, tiny_vocos_state_dict, vocos_config, write_hub_file
 
 VOCOS_CONFIG = vocos_config(dim=512, intermediate_dim=1536, num_layers=8)  # the published sizes
 REVISION = "0" * 39 + "2"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -131,9 +132,9 @@ def run_one(worker, i: int) -> tuple[int, dict[str, Any], dict[str, Any]]:
 
 
 def run_load(worker, s3, bucket: str, jobs: int, clients: int = 3) -> LoadReport:
-    """Send ``jobs`` jobs to ``worker`` (a ``tests.conftest.WorkerProcess``), then verify."""
+    """Send ``jobs`` jobs to ``worker`` (a ``tests.support.worker_process.WorkerProcess``), then verify."""
     from f5worker.storage import JOB_DIR_PREFIX
-    from tests.conftest import decode
+    from tests.support.audio_bytes import decode
 
     report = LoadReport(sent=jobs)
     at_start = set(worker.tmpdir.iterdir())
@@ -186,26 +187,25 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=3, help="concurrent HTTP clients after the baseline jobs")
     args = parser.parse_args()
 
-    # tests.conftest points HF_* at a fresh temp cache on import; the tiny model is written there.
-    from tests.conftest import TINY_HOME, WorkerProcess, free_port, populate_bucket
-    from tests.s3_servers import MotoProcess
-    from tests.tiny_models import build_tiny_cache
-
     import s3_utils
     from f5worker.storage import BucketSettings
+    from tests.support.bucket import populate_bucket
+    from tests.support.net import free_port
+    from tests.support.s3_servers import MotoProcess
+    from tests.support.tiny_models import build_tiny_cache, tiny_cache_env
+    from tests.support.worker_process import WorkerProcess
 
-    work = TINY_HOME / "load"
-    work.mkdir()
+    work = Path(tempfile.mkdtemp(prefix="f5tts-load-"))
     moto = worker = None
     try:
-        build_tiny_cache(TINY_HOME / "hub")
+        build_tiny_cache(work / "hub")
         moto = MotoProcess(free_port(), work / "moto.log")
         env = {"BUCKET_NAME": "load-bench", "BUCKET_ENDPOINT_URL": moto.url, "BUCKET_REGION": "us-east-1",
                "BUCKET_ACCESS_KEY_ID": "bench", "BUCKET_SECRET_ACCESS_KEY": "bench"}
         s3 = s3_utils.make_client(BucketSettings.from_env(env))
         populate_bucket(s3, env["BUCKET_NAME"])
         (work / "tmp").mkdir()
-        worker = WorkerProcess(env, work / "tmp", work / "worker.log")
+        worker = WorkerProcess({**tiny_cache_env(work), **env}, work / "tmp", work / "worker.log")
         worker.wait_ready()
         print(f"worker pid {worker.proc.pid} ready; {args.jobs} jobs, {args.clients} clients", flush=True)
         report = run_load(worker, s3, env["BUCKET_NAME"], args.jobs, args.clients)
@@ -220,7 +220,7 @@ def main() -> None:
             worker.stop()
         if moto is not None:
             moto.stop()
-        shutil.rmtree(TINY_HOME, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

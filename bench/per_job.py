@@ -1,6 +1,6 @@
 """Per-job overhead of the handler, and the repeated-voice cache, with the tiny model and moto S3.
 
-In one process: a tiny random-weight model (``tests/tiny_models.py``), a ThreadedMotoServer on
+In one process: a tiny random-weight model (``tests/support/tiny_models.py``), a ThreadedMotoServer on
 127.0.0.1 holding voices, and ``Worker.from_env()`` as ``main()`` builds it. Interleaved, job by
 job: the bare ``TTSModel.synthesize`` call on an already-prepared reference, and ``Worker.run``
 (validate -> voice from S3 -> synthesize -> encode -> upload -> presigned URL -> clean up) on the
@@ -25,8 +25,8 @@ from collections import Counter
 from importlib.resources import files
 from pathlib import Path
 
-from tests.tiny_models import build_tiny_cache
-from tests.net import free_port
+from tests.support.tiny_models import build_tiny_cache
+from tests.support.net import free_port
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs away into the quiet forest."
 VOICE_TEXT = "Some call me nature, others call me mother nature."

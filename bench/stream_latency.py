@@ -32,7 +32,7 @@ def select_model() -> Path | None:
     """The tiny model in a temp HF cache unless a model is configured; the temp dir to remove."""
     if os.environ.get("F5TTS_CKPT_FILE"):
         return None
-    from tests.tiny_models import build_tiny_cache
+    from tests.support.tiny_models import build_tiny_cache
 
     home = Path(tempfile.mkdtemp(prefix="f5tts-bench-"))
     os.environ.update({"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "1",

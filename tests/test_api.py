@@ -7,7 +7,9 @@ import threading
 
 import pytest
 
-from tests.conftest import TINY_ENV, decode, free_port
+from tests.support.audio_bytes import decode
+from tests.support.net import free_port
+from tests.support.tiny_models import TINY_ENV
 
 JOB = {"text": "Hello from the local API.", "voice": "alice", "nfe_step": 4, "seed": 1}
 
@@ -33,6 +35,7 @@ class ConnectionRecorder:
             conn.close()
 
 
+@pytest.mark.process
 def test_runsync_and_run_status_against_s3_with_no_network_at_start(start_worker, bucket_env, s3):
     recorder = ConnectionRecorder()
     # Downloads are allowed (HF_HUB_OFFLINE=0) and the hub is a listener that counts connections:
@@ -69,6 +72,7 @@ def test_runsync_and_run_status_against_s3_with_no_network_at_start(start_worker
     assert bucket_env["BUCKET_SECRET_ACCESS_KEY"] not in log
 
 
+@pytest.mark.process
 def test_no_bucket_returns_base64(start_worker):
     worker = start_worker({})
     at_start = set(worker.tmpdir.iterdir())
@@ -78,6 +82,7 @@ def test_no_bucket_returns_base64(start_worker):
     assert set(worker.tmpdir.iterdir()) == at_start
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("offline", ["1", "0"])
 def test_missing_model_file_stops_the_worker_with_a_clear_message(start_worker, offline):
     unreachable = f"http://127.0.0.1:{free_port()}"

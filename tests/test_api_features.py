@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import ALICE_TEXT, decode, reference_wav_bytes
+from tests.support.audio_bytes import decode, reference_wav_bytes
+from tests.support.bucket import ALICE_TEXT
 
 LONG_TEXT = " ".join(["The quick brown fox jumps over the lazy dog, and then it runs away."] * 5)  # 3 chunks
 FAST = {"nfe_step": 4, "seed": 2}
@@ -73,6 +74,7 @@ def reassemble(items: list[dict]) -> bytes:
     return b"".join(base64.b64decode(item["audio_base64"]) for item in items)
 
 
+@pytest.mark.process
 def test_streaming_worker(start_worker, recorder):
     worker = start_worker({"STREAMING": "1", "RUNPOD_WEBHOOK_POST_OUTPUT": recorder.url})
 
@@ -98,6 +100,7 @@ def test_streaming_worker(start_worker, recorder):
     assert reassemble(items) == base64.b64decode(classic["output"][0]["audio_base64"])
 
 
+@pytest.mark.process
 def test_classic_worker_features(start_worker, bucket_env, s3, recorder):
     worker = start_worker({**bucket_env, "RUNPOD_WEBHOOK_POST_OUTPUT": recorder.url})
     bucket = bucket_env["BUCKET_NAME"]

@@ -14,8 +14,9 @@ import pytest
 from f5worker.asr import SpeechRecognizer
 from f5worker.model_files import ASR_FILES, DEFAULT_ASR_MODEL, AsrSettings, asr_file_refs
 from f5worker.model_files import ModelConfigError, ModelFilesMissing
-from tests.conftest import ROOT, TINY_ENV, decode, reference_wav_bytes
-from tests.tiny_models import TINY_WHISPER_REPO
+from tests.support.audio_bytes import decode, reference_wav_bytes
+from tests.support.paths import ROOT
+from tests.support.tiny_models import TINY_ENV, TINY_WHISPER_REPO
 from f5worker.timings import Timings
 
 HUB = Path(TINY_ENV["HF_HUB_CACHE"])
@@ -103,6 +104,7 @@ print(json.dumps(report))
 """
 
 
+@pytest.mark.process
 def test_cold_start_imports_no_whisper_and_the_first_job_loads_it(tmp_path):
     """In a fresh process: ``Worker.from_env`` imports nothing of Whisper, ASR off or on; the
     first job asking for word timings loads it."""

@@ -19,9 +19,11 @@ from f5worker.contract import MAX_TEXT_CHARS, parse_request
 from f5worker.model_cache import resolve_model
 from f5worker.model_files import BUILTIN_CHECKPOINTS, DEFAULT_MODEL, HubFile, ModelSources
 from f5worker.storage import BucketSettings, CachePaths
-from tests.conftest import ROOT, TINY_ENV, decode
-from tests.env_vars import env_vars_read_by_code
-from tests.fake_hub import FakeHub
+from tests.support.audio_bytes import decode
+from tests.support.env_vars import env_vars_read_by_code
+from tests.support.fake_hub import FakeHub
+from tests.support.paths import ROOT
+from tests.support.tiny_models import TINY_ENV
 
 DOCKERFILE = ROOT / "Dockerfile.runpod"
 HUB = json.loads((ROOT / ".runpod" / "hub.json").read_text())
@@ -101,12 +103,14 @@ def test_base_image_python_and_install_steps_match_the_project():
     assert called == {"provision.py"}
 
 
+@pytest.mark.process
 def test_hadolint_passes():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.process
 def test_the_bake_step_fills_the_image_cache_the_worker_falls_back_to(tmp_path):
     """Run the Dockerfile's own baking RUN line (as ``sh -c``) against a fake hub that serves the tiny
     weights under F5TTS_v1_Base's names, then resolve the model with an empty volume."""

@@ -16,12 +16,15 @@ import pytest
 import torch
 
 from f5worker.model_files import VOCODER_REPO
-from tests.conftest import ALICE_TEXT, TINY_ENV, TINY_HOME, encode_as, free_port, populate_bucket, reference_wav_bytes
-from tests.s3_servers import MotoProcess, S3Proxy
-from tests.tiny_models import REVISION as TINY_REVISION, TINY_REPO
+from tests.support.audio_bytes import encode_as, reference_wav_bytes
+from tests.support.bucket import ALICE_TEXT, populate_bucket
+from tests.support.net import free_port
+from tests.support.s3_servers import MotoProcess, S3Proxy
+from tests.support.tiny_models import REVISION as TINY_REVISION
+from tests.support.tiny_models import TINY_HOME, TINY_REPO
 
 FAST = {"nfe_step": 4, "seed": 3}
-# Retries and timeouts tightened so the bounded-retry timings below stay short.
+# Retries and timeouts tightened so the bounded retries below stay short.
 S3_LIMITS = {"S3_MAX_ATTEMPTS": "3", "S3_CONNECT_TIMEOUT_S": "2", "S3_READ_TIMEOUT_S": "2"}
 
 
@@ -44,6 +47,7 @@ def timed(call, *args):
     return result, time.monotonic() - started
 
 
+@pytest.mark.process
 def test_s3_endpoint_down_during_download_and_upload_then_back(start_worker, bucket_env, s3, moto_endpoint):
     bucket = bucket_env["BUCKET_NAME"]
     proxy = S3Proxy(moto_endpoint)
@@ -55,13 +59,13 @@ def test_s3_endpoint_down_during_download_and_upload_then_back(start_worker, buc
     failed, seconds = timed(worker.post, "/runsync", job(voice="bob"))
     assert failed["status"] == "FAILED", failed
     assert failed["error"].startswith("S3 error: endpoint unreachable or connection lost"), failed
-    assert seconds < 15
+    assert proxy.refused == 0  # a body cut mid-transfer is not retried within the job
     observed("S3 cut 16 KB into the voice download", failed["error"], seconds, 0)
     # Still down: the next job's listing is retried S3_MAX_ATTEMPTS times with backoff, then fails.
     refused = proxy.refused
     down, seconds = timed(worker.post, "/runsync", job(voice="carol"))
     assert down["status"] == "FAILED" and "endpoint unreachable" in down["error"], down
-    assert proxy.refused - refused == 3 and seconds < 15
+    assert proxy.refused - refused == 3
     observed("S3 down at the next job's listing", down["error"], seconds, proxy.refused - refused)
     proxy.restore()
     back = worker.post("/runsync", job(voice="bob"))
@@ -73,7 +77,7 @@ def test_s3_endpoint_down_during_download_and_upload_then_back(start_worker, buc
     refused = proxy.refused
     failed, seconds = timed(worker.post, f"/status/{queued['id']}")
     assert failed["status"] == "FAILED" and "endpoint unreachable" in failed["error"], failed
-    assert proxy.refused - refused == 2 and seconds < 15  # the cut attempt + 2 retries
+    assert proxy.refused - refused == 2  # the cut attempt + 2 retries
     assert not [k for k in output_keys(s3, bucket) if queued["id"] in k]  # no partial object
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")  # and no orphaned parts
     observed("S3 cut 2 KB into the output PUT", failed["error"], seconds, proxy.refused - refused)
@@ -86,7 +90,7 @@ def test_s3_endpoint_down_during_download_and_upload_then_back(start_worker, buc
     proxy.stall()
     hung, seconds = timed(worker.post, "/runsync", job(voice="carol"))
     assert hung["status"] == "FAILED" and "ReadTimeoutError" in hung["error"], hung
-    assert proxy.stalled == 3 and 3 * 2 <= seconds < 3 * 2 + 5  # 3 attempts x S3_READ_TIMEOUT_S + backoff
+    assert proxy.stalled == 3  # S3_MAX_ATTEMPTS attempts, each ended by S3_READ_TIMEOUT_S
     observed("S3 hangs (accepts, never answers)", hung["error"], seconds, proxy.stalled)
     proxy.restore()
     last = worker.post("/runsync", job(voice="carol"))
@@ -96,6 +100,7 @@ def test_s3_endpoint_down_during_download_and_upload_then_back(start_worker, buc
     proxy.close()
 
 
+@pytest.mark.process
 def test_refused_credentials_fail_s3_jobs_only(start_worker, tmp_path):
     """moto enforcing signatures as S3 does: a wrong secret is a 403 with a clear message; jobs
     that need no bucket still run on the same worker."""
@@ -109,13 +114,16 @@ def test_refused_credentials_fail_s3_jobs_only(start_worker, tmp_path):
         populate_bucket(make_client(BucketSettings.from_env(
             {**env, "BUCKET_ACCESS_KEY_ID": key_id, "BUCKET_SECRET_ACCESS_KEY": secret})), env["BUCKET_NAME"])
         wrong_secret = "wrong-secret-0123456789abcdef"
-        worker = start_worker({**env, **S3_LIMITS, "BUCKET_ACCESS_KEY_ID": key_id,
+        proxy = S3Proxy(moto.url)  # counts the requests that reach S3
+        worker = start_worker({**env, **S3_LIMITS, "BUCKET_ENDPOINT_URL": proxy.url, "BUCKET_ACCESS_KEY_ID": key_id,
                                "BUCKET_SECRET_ACCESS_KEY": wrong_secret})
         at_start = set(worker.tmpdir.iterdir())
+        requests_before = len(proxy.requests)
         refused, seconds = timed(worker.post, "/runsync", job(voice="alice"))
         assert refused["status"] == "FAILED", refused
         assert "refused the credentials (SignatureDoesNotMatch)" in refused["error"]
-        assert "BUCKET_SECRET_ACCESS_KEY" in refused["error"] and seconds < 10  # a 403 is not retried
+        assert "BUCKET_SECRET_ACCESS_KEY" in refused["error"]
+        assert len(proxy.requests) - requests_before == 1, proxy.requests  # a 403 is not retried
         observed("wrong secret key (moto enforcing SigV4)", refused["error"], seconds, 0)
         inline = worker.post("/runsync", job(return_base64=True))
         assert inline["status"] == "COMPLETED" and "audio_base64" in inline["output"], inline
@@ -123,6 +131,7 @@ def test_refused_credentials_fail_s3_jobs_only(start_worker, tmp_path):
         worker.stop()
         for text in (worker.log(), refused["error"]):  # at INFO, not even the key id
             assert wrong_secret not in text and secret not in text and key_id not in text
+        proxy.close()
     finally:
         moto.stop()
 
@@ -175,6 +184,7 @@ BAD_VOICE_ERRORS = {
 }
 
 
+@pytest.mark.process
 def test_unusable_voices_each_fail_clearly(start_worker, bucket_env, s3, moto_endpoint):
     bucket = bucket_env["BUCKET_NAME"]
     for name, data in bad_voices().items():
@@ -221,6 +231,7 @@ MODEL_CACHE_FAULTS = [
 ]
 
 
+@pytest.mark.process
 def test_broken_model_cache_refuses_to_start_with_path_and_fix(start_worker, tmp_path):
     workers = []
     for i, (repo, filename, how, expected) in enumerate(MODEL_CACHE_FAULTS):
@@ -258,6 +269,7 @@ def test_out_of_gpu_memory_at_start_stops_the_worker_without_blaming_the_files(m
     observed("torch.OutOfMemoryError loading the model", stopped.value.code, 0, 0)
 
 
+@pytest.mark.process
 def test_scratch_space_exhausted_while_writing_output(start_worker):
     """RLIMIT_FSIZE on the worker process stands in for a full /tmp: the write fails with EFBIG
     (SIGXFSZ ignored, as a full disk fails with ENOSPC), the job gets a clear error, the partial

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import ALICE_TEXT, decode, encode_as, reference_wav_bytes
+from tests.support.audio_bytes import decode, encode_as, reference_wav_bytes
+from tests.support.bucket import ALICE_TEXT
 
 FAST = {"nfe_step": 4, "seed": 7}
 LONG_TEXT = " ".join(["The quick brown fox jumps over the lazy dog, and then it runs away."] * 5)  # 3 chunks

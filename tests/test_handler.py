@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ALICE_TEXT, decode, reference_wav_bytes
+from tests.support.audio_bytes import decode, reference_wav_bytes
+from tests.support.bucket import ALICE_TEXT
 
 FAST = {"nfe_step": 4, "seed": 7}
 

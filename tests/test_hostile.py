@@ -8,13 +8,14 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import requests
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from f5worker.contract import KNOWN_FIELDS
-from tests.conftest import decode
-from tests.s3_servers import S3Proxy
+from tests.support.audio_bytes import decode
+from tests.support.s3_servers import S3Proxy
 
 FAST = {"nfe_step": 2, "seed": 5}
 SENTINEL_KEY_ID = "AKIASENTINELKEYID777"
@@ -36,6 +37,7 @@ def send_raw(url: str, payload: dict) -> dict:
     return response.json()
 
 
+@pytest.mark.process
 def test_hostile_voices_never_reach_s3_and_no_secret_leaks(start_worker, bucket_env, s3, moto_endpoint):
     """One worker process, logging at DEBUG with sentinel credentials, behind a proxy that records
     every S3 request: hostile voice names are refused with zero requests; then real jobs run."""

@@ -3,9 +3,12 @@ in S3 and decodable, no duplicates, no per-job dir left, RSS within the stated b
 
 from __future__ import annotations
 
+import pytest
+
 from bench.load import MAX_RSS_GROWTH_MIB, run_load
 
 
+@pytest.mark.process
 def test_thirty_jobs_through_the_local_api(start_worker, bucket_env, s3):
     worker = start_worker(bucket_env)
     report = run_load(worker, s3, bucket_env["BUCKET_NAME"], jobs=30, clients=3)

@@ -8,8 +8,7 @@ import pytest
 
 from f5worker.model_cache import resolve_file, resolve_model
 from f5worker.model_files import BUILTIN_CHECKPOINTS, HubFile, ModelConfigError, ModelFilesMissing, ModelSources, parse_model_config
-from tests.conftest import TINY_ENV
-from tests.tiny_models import TINY_ARCH
+from tests.support.tiny_models import TINY_ARCH, TINY_ENV
 
 HUB = Path(TINY_ENV["HF_HUB_CACHE"])
 

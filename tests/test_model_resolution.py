@@ -10,8 +10,7 @@ import pytest
 from f5worker.model_cache import find_cached, resolve_file, resolve_model
 from f5worker.model_files import HubFile, ModelFilesMissing, ModelSources
 from f5worker.storage import CachePaths
-from tests.conftest import TINY_ENV
-from tests.tiny_models import write_hub_file
+from tests.support.tiny_models import TINY_ENV, write_hub_file
 
 TIERS = ("volume", "runpod", "image")
 REF = "hf://owner/repo/weights/model.bin"

@@ -6,8 +6,8 @@ import re
 
 from f5worker.model_cache import LEASE_FILE, LEASE_S, LOCK_TIMEOUT_S
 from f5worker.storage import CachePaths
-from tests.conftest import ROOT
-from tests.env_vars import env_vars_read_by_code
+from tests.support.env_vars import env_vars_read_by_code
+from tests.support.paths import ROOT
 
 GUIDE = (ROOT / "STORAGE-DEPLOYMENT-GUIDE.md").read_text()
 

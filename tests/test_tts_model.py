@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ALICE_TEXT, ROOT, TINY_ENV
+from tests.support.bucket import ALICE_TEXT
+from tests.support.paths import ROOT
+from tests.support.tiny_models import TINY_ENV
 from f5worker.contract import SynthesisParams
 from f5worker import tts_model
 from f5worker.model_files import ModelFilesCorrupt, ModelLoadFailed, ModelSources
@@ -61,7 +63,7 @@ def test_load_equals_upstream_load_model_and_load_vocoder(tiny_model: TTSModel):
 
 
 def test_synthesis_is_bit_identical_to_upstream_loaded_model(tiny_model: TTSModel, tmp_path: Path):
-    from tests.conftest import reference_wav_bytes
+    from tests.support.audio_bytes import reference_wav_bytes
     from f5worker.voices import prepare_reference
 
     model, vocoder = upstream_load(tiny_model.resolved.checkpoint, tiny_model)
@@ -207,6 +209,7 @@ def test_half_copy_loads_like_upstream_loads_it(own_checkpoint: Path, tmp_path: 
     assert_same_module(ours, theirs)
 
 
+@pytest.mark.process
 def test_half_copy_cli_writes_the_configured_models_copy(tmp_path: Path):
     env = {**os.environ, **TINY_ENV}
     out = subprocess.run([sys.executable, "provision.py", "half-copy"], cwd=ROOT, env=env,

@@ -79,6 +79,7 @@ def get(https_server, path: str, dest: Path, max_bytes: int = 1 << 20) -> int:
     return fetch(f"{base}{path}", dest, max_bytes, timeout_s=10, allow=only_127_0_0_1, context=context)
 
 
+@pytest.mark.process
 def test_download_over_tls_and_relative_redirect(https_server, tmp_path):
     assert get(https_server, "/ok", tmp_path / "a") == len(BODY)
     assert (tmp_path / "a").read_bytes() == BODY
@@ -86,12 +87,14 @@ def test_download_over_tls_and_relative_redirect(https_server, tmp_path):
     assert (tmp_path / "b").read_bytes() == BODY
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("path", ["/big", "/big-no-length"])
 def test_size_cap(https_server, tmp_path, path):
     with pytest.raises(FetchError, match="limit"):
         get(https_server, path, tmp_path / "x", max_bytes=len(BODY) - 1 if path == "/big" else len(BODY) * 2)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(("path", "message"), [("/to-other-host", "non-public"), ("/to-http", "only https"),
                                                ("/loop", "redirects"), ("/missing", "HTTP 404")])
 def test_redirects_are_checked_again_and_errors_are_clear(https_server, tmp_path, path, message):
@@ -99,6 +102,7 @@ def test_redirects_are_checked_again_and_errors_are_clear(https_server, tmp_path
         get(https_server, path, tmp_path / "x")
 
 
+@pytest.mark.process
 def test_certificate_is_verified(https_server, tmp_path):
     base, _ = https_server
     with pytest.raises(FetchError, match="SSL|CERTIFICATE"):

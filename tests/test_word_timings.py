@@ -10,7 +10,7 @@ import pytest
 import srt
 import webvtt
 
-from tests.conftest import decode
+from tests.support.audio_bytes import decode
 
 FAST = {"nfe_step": 4, "seed": 3}
 
@@ -101,6 +101,7 @@ def test_voice_without_transcript_is_refused_when_recognition_is_off(make_worker
     assert s3.list_objects_v2(Bucket=bucket_env["BUCKET_NAME"], Prefix="voices/mute.txt").get("KeyCount") == 0
 
 
+@pytest.mark.process
 def test_local_api_end_to_end(start_worker, bucket_env, s3):
     """``runpod_handler.py --rp_serve_api`` with ``ASR_ENABLED=1``: a voice without transcript gets
     one, the response carries ``words``, and the SRT beside the audio parses."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # validate_storage_config.py end to end, without RunPod: a stand-in network volume (a tmpfs dir under
 # /dev/shm, so a filesystem other than /) holding the tiny random-weight model in the HF cache layout,
-# moto_server on 127.0.0.1 with a bucket and one voice, then
+# moto_server on 127.0.0.1 with a bucket and the tests' voices, then
 #   1. python validate_storage_config.py --json            (everything provisioned)
 #   2. python validate_storage_config.py --skip imports    (checkpoint truncated, wrong bucket name)
 # and each run's exit code. Everything it creates is removed on exit.
@@ -13,12 +13,12 @@ PY=.venv/bin/python
 
 VOLUME=$(mktemp -d /dev/shm/f5tts-demo-volume-XXXXXX)
 SCRATCH=$(mktemp -d /tmp/f5tts-demo-scratch-XXXXXX)
-PORT=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$($PY -c 'from tests.support.net import free_port; print(free_port())')
 $PY -m moto.server -H 127.0.0.1 -p "$PORT" >"$SCRATCH/moto.log" 2>&1 &
 MOTO_PID=$!
 trap 'kill $MOTO_PID; rm -rf "$VOLUME" "$SCRATCH"' EXIT
 
-$PY -m tests.tiny_models "$VOLUME/models" >/dev/null  # HF cache layout under $VOLUME/models/hub
+$PY -m tests.support.tiny_models "$VOLUME/models" >/dev/null  # HF cache layout under $VOLUME/models/hub
 mkdir -p "$VOLUME/models/torch"
 export RUNPOD_VOLUME_PATH=$VOLUME HF_HOME=$VOLUME/models HF_HUB_CACHE=$VOLUME/models/hub
 export TORCH_HOME=$VOLUME/models/torch HF_HUB_OFFLINE=1 TMPDIR=$SCRATCH
@@ -29,12 +29,12 @@ export BUCKET_ACCESS_KEY_ID=AKIADEMO000000000000 BUCKET_SECRET_ACCESS_KEY=demo-s
 
 $PY - <<'EOF'
 import time
-from importlib.resources import files
 
 import requests
 
+from f5worker.storage import BucketSettings
 from s3_utils import make_client
-from storage import BucketSettings
+from tests.support.bucket import populate_bucket
 
 settings = BucketSettings.from_env()
 for _ in range(100):
@@ -43,11 +43,7 @@ for _ in range(100):
         break
     except requests.ConnectionError:
         time.sleep(0.1)
-s3 = make_client(settings)
-s3.create_bucket(Bucket=settings.name)
-wav = files("f5_tts").joinpath("infer/examples/basic/basic_ref_en.wav").read_bytes()
-s3.put_object(Bucket=settings.name, Key="voices/alice.wav", Body=wav)
-s3.put_object(Bucket=settings.name, Key="voices/alice.txt", Body=b"Some call me nature, others call me mother nature.")
+populate_bucket(make_client(settings), settings.name)
 EOF
 
 echo "\$ python validate_storage_config.py --json"

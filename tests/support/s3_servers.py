@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import requests
 
-from tests.net import stop_process
+from tests.support.net import stop_process
 
 REQUEST_LINE = re.compile(rb"(GET|PUT|POST|HEAD|DELETE) (\S+) HTTP/1\.[01]\r\n")
 MOTO_SERVER = Path(sys.executable).with_name("moto_server")

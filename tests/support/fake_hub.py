@@ -17,14 +17,11 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
-
-from tests.tiny_models import REVISION
+from tests.support.tiny_models import REVISION
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 CHUNK = 64 * 1024
@@ -166,12 +163,3 @@ def _range_start(header: str | None) -> int:
     match = re.fullmatch(r"bytes=(\d+)-(\d*)", header or "")
     return int(match.group(1)) if match else 0
 
-
-@pytest.fixture
-def fake_hub() -> Iterator[FakeHub]:
-    """A fresh fake hub serving the session's tiny model (``TINY_HOME/hub``) on 127.0.0.1."""
-    from tests.conftest import TINY_ENV
-
-    hub = FakeHub.from_cache(Path(TINY_ENV["HF_HUB_CACHE"])).start()
-    yield hub
-    hub.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 # os.environ.get("X"), env.get("X"), getenv("X"), env.setdefault("X", ...), os.environ["X"]: every way
 # the code reads a variable, including the local ``get("X")`` helper in storage.BucketSettings.

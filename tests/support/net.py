@@ -1,5 +1,4 @@
-"""Process and loopback helpers shared by the tests and bench/ (no side effects on import,
-unlike conftest)."""
+"""Process and loopback helpers shared by the tests and bench/."""
 
 from __future__ import annotations
 

@@ -4,14 +4,16 @@ The real loading code (``huggingface_hub`` offline, ``load_model``, ``load_vocod
 against these exactly as against the published weights; only the sizes differ. Files are
 stored as content-addressed blobs with snapshot symlinks and ``refs/main``, as the hub does.
 
-    python -m tests.tiny_models DIR   # writes DIR/hub and prints the env that selects it
+    python -m tests.support.tiny_models DIR   # writes DIR/hub and prints the env that selects it
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
+import tempfile
 from importlib.resources import files
 from pathlib import Path
 
@@ -107,7 +109,6 @@ def tiny_whisper_files(seed: int = 0) -> dict[str, bytes]:
     token, and ``max_length`` keeps decoding short so tests stay fast.
     """
     import json
-    import tempfile
 
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
@@ -188,9 +189,26 @@ def tiny_model_env() -> dict[str, str]:
     }
 
 
+def tiny_cache_env(home: Path) -> dict[str, str]:
+    """The env that selects the tiny models written by ``build_tiny_cache(home / "hub")``, offline."""
+    return {
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "TORCH_HOME": str(home / "torch"),
+        "HF_HUB_OFFLINE": "1",
+        **tiny_model_env(),
+    }
+
+
+# The test session's tiny cache: a path only, named for this process; tests/conftest.py writes it
+# (and points os.environ at it) in pytest_configure and removes it in pytest_unconfigure.
+TINY_HOME = Path(tempfile.gettempdir()) / f"f5tts-tests-hf-{os.getpid()}"
+TINY_ENV = tiny_cache_env(TINY_HOME)
+
+
 if __name__ == "__main__":
     root = Path(sys.argv[1]).resolve()
     shutil.rmtree(root / "hub", ignore_errors=True)
-    env = build_tiny_cache(root / "hub")
-    for key, value in {"HF_HOME": str(root), "HF_HUB_CACHE": str(root / "hub"), **env}.items():
+    build_tiny_cache(root / "hub")
+    for key, value in tiny_cache_env(root).items():
         print(f"export {key}={value}")
