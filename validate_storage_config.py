@@ -40,14 +40,16 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from f5worker.model_files import worker_file_refs
+from f5worker.model_files import AsrSettings, worker_file_refs
 from f5worker.model_cache import IncompleteFile, resolve_file, verify_complete
 from f5worker.model_files import PUBLISHED_FILE_BYTES, HubFile, ModelConfigError, ModelFilesMissing, ModelSources, is_hub_ref, parse_model_config
-from f5worker.storage import JOB_DIR_PREFIX, LEGACY_CACHE_VARS, BucketSettings, CachePaths, scratch_root
+from f5worker.settings import Settings as WorkerSettings
+from f5worker.settings import SettingsError
+from f5worker.storage import JOB_DIR_PREFIX, LEGACY_CACHE_VARS, BucketSettings, CachePaths, S3Limits, scratch_root
 
 ROOT = Path(__file__).resolve().parent
 PROBE_PREFIX = "_validate/"  # S3 scratch prefix for the probe object, deleted again at once
@@ -95,7 +97,7 @@ class Settings:
     deep: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ, scratch: Path | None = None, **thresholds: Any) -> Settings:
+    def from_env(cls, env: Mapping[str, str], scratch: Path | None = None, **thresholds: Any) -> Settings:
         return cls(env=env, cache=CachePaths.from_env(env), bucket=BucketSettings.from_env(env),
                    scratch=scratch or scratch_root(), **thresholds)
 
@@ -242,7 +244,7 @@ class _ModelFile:
 
 def _model_files(s: Settings, sources: ModelSources) -> list[_ModelFile]:
     found = []
-    for ref in worker_file_refs(sources, s.env):
+    for ref in worker_file_refs(sources, AsrSettings.from_env(s.env)):
         try:
             found.append(_ModelFile(ref, resolve_file(ref, s.cache.hub_cache, False, s.cache.fallback_caches)))
         except ModelFilesMissing as err:
@@ -401,7 +403,11 @@ def check_s3(s: Settings) -> Result:
 
     from s3_utils import list_s3_objects, make_client, read_text
 
-    client = make_client(b, max_attempts=1)  # one try: report what is wrong, do not retry it
+    try:
+        limits = WorkerSettings.from_env(s.env).s3  # the worker's timeouts
+    except SettingsError:  # check_env reports it; the defaults meanwhile
+        limits = S3Limits()
+    client = make_client(b, replace(limits, max_attempts=1))  # one try: report what is wrong, do not retry it
     where = f"s3://{b.name} at {b.endpoint_url or 'AWS'}"
     key = f"{PROBE_PREFIX}{uuid.uuid4().hex}.txt"
     payload = f"validate_storage_config probe {time.time()}"
@@ -594,7 +600,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = Settings.from_env(
-        headroom_bytes=int(args.headroom_gb * GB), min_scratch_free_bytes=int(args.min_tmp_free_gb * GB),
+        os.environ, headroom_bytes=int(args.headroom_gb * GB), min_scratch_free_bytes=int(args.min_tmp_free_gb * GB),
         stale_after_s=args.stale_minutes * 60, deep=args.deep,
     )
     start = time.perf_counter()

@@ -47,7 +47,7 @@ BUCKET_ENV_KEYS = ("BUCKET_NAME", "BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID",
 settings.register_profile("worker", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("worker")
 
-# The worker modules read HF_* at import: point them at the tiny cache before any test imports them.
+# Workers built from this environment (in-process and as processes) read HF_*: point them at the tiny cache.
 os.environ.update(TINY_ENV)
 for _key in BUCKET_ENV_KEYS:
     os.environ.pop(_key, None)
@@ -128,7 +128,8 @@ def tiny_model():
     from f5worker.model_files import ModelSources
     from f5worker.tts_model import TTSModel
 
-    return TTSModel.load(ModelSources.from_env(), Path(TINY_ENV["HF_HUB_CACHE"]), allow_download=False, device="cpu")
+    return TTSModel.load(ModelSources.from_env(TINY_ENV), Path(TINY_ENV["HF_HUB_CACHE"]), allow_download=False,
+                         device="cpu")
 
 
 @pytest.fixture
