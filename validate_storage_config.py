@@ -8,7 +8,8 @@ its bucket, and if not, what exactly to fix. Run it inside the deployed pod befo
     python validate_storage_config.py --deep             # also hash every cached model file
 
 Checks, each PASS / WARN / FAIL with a one-line reason and a fix:
-  env        HF_HOME, HF_HUB_CACHE, TORCH_HOME set and inside the volume; legacy cache variables
+  env        HF_HOME, HF_HUB_CACHE, TORCH_HOME set and inside the volume; legacy cache variables;
+             every variable's value one the worker accepts (a bad one: FAIL, the worker would not start)
   volume     the network volume (RUNPOD_VOLUME_PATH, /runpod-volume) exists on its own filesystem
   dirs       each cache directory exists and takes a probe file (create, fsync, delete)
   space      free space where models go >= the model files still to download + headroom
@@ -85,7 +86,8 @@ class Result:
 
 @dataclass(frozen=True)
 class Settings:
-    """What the checks look at: the worker's tiers from ``env``, plus the validator's thresholds."""
+    """What the checks look at: the worker's tiers from ``env``, plus the validator's thresholds.
+    The tiers are parsed alone (a bad value elsewhere, which ``check_env`` reports, must not hide them)."""
 
     env: Mapping[str, str]
     cache: CachePaths
@@ -188,6 +190,11 @@ def check_env(s: Settings) -> Result:
             problems.append((Status.WARN, f"{what} {var}={value} is set; the worker ignores it and uses "
                              f"{s.cache.hub_cache}",
                              f"set HF_HUB_CACHE (or HF_HOME) instead and unset {var}"))
+    try:
+        WorkerSettings.from_env(s.env)
+    except SettingsError as err:
+        problems.append((Status.FAIL, f"{err}: the worker would not start",
+                         f"correct {err.variable} (STORAGE-DEPLOYMENT-GUIDE.md, environment reference)"))
     return _worst(problems, "env", f"HF_HOME, HF_HUB_CACHE, TORCH_HOME set, all inside the volume {volume}", details)
 
 

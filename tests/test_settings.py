@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import validate_storage_config as v
 from f5worker.contract import InputError, JobLimits, parse_job
 from f5worker.model_files import AsrSettings, ModelSources
 from f5worker.settings import RUNPOD_LOG_LEVELS, Settings, SettingsError
@@ -136,12 +137,15 @@ def test_the_worker_process_with_a_bad_value_stops_with_the_variable_and_no_trac
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-def test_provision_reports_a_bad_value(tmp_path):
+def test_provision_and_the_validator_report_a_bad_value(tmp_path):
     env = {k: val for k, val in os.environ.items() if k not in BUCKET_ENV_KEYS}
     proc = subprocess.run([sys.executable, "provision.py", "fetch"], cwd=ROOT, env={**env, "MAX_TEXTS": "abc"},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "provision: MAX_TEXTS: must be an integer, not 'abc'" in proc.stderr
     assert "Traceback" not in proc.stderr
+    result = v.check_env(v.Settings.from_env({**env, "S3_MAX_ATTEMPTS": "many"}, scratch=tmp_path))
+    assert result.status is v.Status.FAIL
+    assert result.reason.startswith("S3_MAX_ATTEMPTS: must be an integer, not 'many': the worker would not start")
 
 
 RECORD_READS = """
