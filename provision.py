@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from f5worker.model_cache import LOCK_TIMEOUT_S, fetch, resolve_model
-from f5worker.model_files import ModelConfigError, ModelFilesMissing, ModelSources, worker_file_refs
-from f5worker.storage import CachePaths, apply_cache_env
+from f5worker.model_files import ModelConfigError, ModelFilesMissing, worker_file_refs
+from f5worker.settings import Settings, SettingsError, load_settings
 
 
-def fetch_command(cache: Path, lock_timeout_s: float) -> int:
+def fetch_command(settings: Settings, cache: Path, lock_timeout_s: float) -> int:
     started = time.perf_counter()
     try:
-        results = fetch(worker_file_refs(ModelSources.from_env()), cache, lock_timeout_s=lock_timeout_s)
+        results = fetch(worker_file_refs(settings.model, settings.asr), cache, lock_timeout_s=lock_timeout_s)
     except (ModelFilesMissing, ModelConfigError) as err:
         print(f"provision: {err}", file=sys.stderr)
         return 1
@@ -38,11 +38,12 @@ def fetch_command(cache: Path, lock_timeout_s: float) -> int:
     return 0
 
 
-def half_copy_command(paths: CachePaths) -> int:
+def half_copy_command(settings: Settings) -> int:
     """The fp16 copy of the cached checkpoint (after ``fetch``), for workers that compute in fp16."""
     from f5worker.tts_model import write_half_precision_copy
 
-    resolved = resolve_model(ModelSources.from_env(), paths.hub_cache, False, paths.fallback_caches)
+    paths = settings.cache
+    resolved = resolve_model(settings.model, paths.hub_cache, False, paths.fallback_caches)
     print(write_half_precision_copy(resolved.checkpoint, paths.half_weights))
     return 0
 
@@ -57,12 +58,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("half-copy", help="write the fp16 copy of the cached checkpoint")
     args = parser.parse_args(argv)
 
-    paths = apply_cache_env()  # before huggingface_hub is imported: it reads HF_* once
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(os.environ)  # before huggingface_hub is imported: it reads HF_* once
+    except SettingsError as err:
+        print(f"provision: {err}", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per HEAD/GET otherwise
     if args.command == "half-copy":
-        return half_copy_command(paths)
-    return fetch_command(args.cache or paths.hub_cache, args.lock_timeout)
+        return half_copy_command(settings)
+    return fetch_command(settings, args.cache or settings.cache.hub_cache, args.lock_timeout)
 
 
 if __name__ == "__main__":

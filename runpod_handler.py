@@ -12,47 +12,42 @@ removed whatever happens. Jobs with an ``action`` manage the bucket's voices ins
 
 from __future__ import annotations
 
-from f5worker.storage import apply_cache_env
+import asyncio
+import base64
+import errno
+import io
+import itertools
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NoReturn
 
-CACHE = apply_cache_env()  # before anything imports huggingface_hub
+import numpy as np
+from botocore.client import BaseClient
+from botocore.exceptions import BotoCoreError, ClientError
 
-import asyncio  # noqa: E402
-import base64  # noqa: E402
-import errno  # noqa: E402
-import io  # noqa: E402
-import itertools  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import traceback  # noqa: E402
-from collections.abc import AsyncIterator, Callable  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-from botocore.client import BaseClient  # noqa: E402
-from botocore.exceptions import BotoCoreError, ClientError  # noqa: E402
-
-from f5worker import audio  # noqa: E402
-from f5worker import s3  # noqa: E402
-from f5worker import subtitles  # noqa: E402
-from f5worker import url_fetch  # noqa: E402
-from f5worker.asr import SpeechRecognizer  # noqa: E402
-from f5worker.model_files import AsrSettings  # noqa: E402
-from f5worker.contract import InputError, JobRequest, ListVoicesRequest, SynthesisRequest, UploadVoiceRequest, parse_job  # noqa: E402
-from f5worker.model_files import ModelConfigError, ModelFilesCorrupt, ModelFilesMissing, ModelSources  # noqa: E402
-from f5worker.model_files import ModelLoadFailed  # noqa: E402
-from f5worker.storage import BucketSettings, is_true, make_job_dir, scratch_root  # noqa: E402
-from f5worker.timings import Timings  # noqa: E402
-from f5worker.contract import SynthesisParams  # noqa: E402
-from f5worker.formats import OUTPUT_FORMATS, SAMPLE_RATE, SUBTITLE_FORMATS  # noqa: E402
-from f5worker.tts_model import OUT_OF_MEMORY, TTSModel, release_memory  # noqa: E402
-from f5worker.contract import DEFAULT_VOICE, MAX_UPLOAD_BYTES  # noqa: E402
-from f5worker.voices import VoiceError, VoiceLibrary  # noqa: E402
+from f5worker import audio
+from f5worker import s3
+from f5worker import subtitles
+from f5worker import url_fetch
+from f5worker.asr import SpeechRecognizer
+from f5worker.contract import InputError, JobRequest, ListVoicesRequest, SynthesisRequest, UploadVoiceRequest, parse_job
+from f5worker.model_files import ModelConfigError, ModelFilesCorrupt, ModelFilesMissing, ModelLoadFailed
+from f5worker.settings import Settings, SettingsError, load_settings
+from f5worker.storage import BucketSettings, S3Limits, is_true, make_job_dir, scratch_root
+from f5worker.timings import Timings
+from f5worker.contract import SynthesisParams
+from f5worker.formats import OUTPUT_FORMATS, SAMPLE_RATE, SUBTITLE_FORMATS
+from f5worker.tts_model import OUT_OF_MEMORY, TTSModel, release_memory
+from f5worker.contract import DEFAULT_LIMITS, DEFAULT_VOICE, MAX_UPLOAD_BYTES, JobLimits
+from f5worker.voices import VoiceError, VoiceLibrary
 
 log = logging.getLogger("f5tts.worker")
 
@@ -78,22 +73,24 @@ class Worker:
     bucket: BucketSettings
     s3: BaseClient | None
     asr: SpeechRecognizer | None = None  # None: ASR_ENABLED is off; loads Whisper on first use otherwise
+    limits: JobLimits = DEFAULT_LIMITS
+    presign_expires_s: int = S3Limits.presign_expires_s
 
     @classmethod
-    def from_env(cls) -> Worker:
-        bucket = BucketSettings.from_env()
-        client = s3.make_client(bucket) if bucket.configured else None
-        allow_download = not is_true(os.environ.get("HF_HUB_OFFLINE"))
-        model = TTSModel.load(ModelSources.from_env(), CACHE.hub_cache, allow_download,
-                              fallbacks=CACHE.fallback_caches, half_dir=CACHE.half_weights)
-        asr_settings = AsrSettings.from_env()
-        asr = (SpeechRecognizer(asr_settings, CACHE.hub_cache, allow_download, fallbacks=CACHE.fallback_caches)
-               if asr_settings.enabled else None)
-        worker = cls(model=model, voices=VoiceLibrary(client, bucket, recognizer=asr), bucket=bucket, s3=client, asr=asr)
-        if wants_warm_up(os.environ.get("F5TTS_WARMUP", "auto"), model.device):
+    def from_settings(cls, settings: Settings) -> Worker:
+        bucket, cache, allow_download = settings.bucket, settings.cache, not settings.offline
+        client = s3.make_client(bucket, settings.s3) if bucket.configured else None
+        model = TTSModel.load(settings.model, cache.hub_cache, allow_download,
+                              fallbacks=cache.fallback_caches, half_dir=cache.half_weights)
+        asr = (SpeechRecognizer(settings.asr, cache.hub_cache, allow_download, fallbacks=cache.fallback_caches)
+               if settings.asr.enabled else None)
+        voices = VoiceLibrary(client, bucket, recognizer=asr, limits=settings.jobs)
+        worker = cls(model=model, voices=voices, bucket=bucket, s3=client, asr=asr, limits=settings.jobs,
+                     presign_expires_s=settings.s3.presign_expires_s)
+        if wants_warm_up(settings.warm_up, model.device):
             worker.warm_up()
         log.info("worker ready: bucket=%s asr=%s", bucket.name or "(none: results inline)",
-                 f"{asr_settings.repo_id} (loaded on first use)" if asr else "off")
+                 f"{settings.asr.repo_id} (loaded on first use)" if asr else "off")
         return worker
 
     def warm_up(self) -> dict[str, float]:
@@ -120,7 +117,7 @@ class Worker:
         out_of_memory = False
         try:
             job_dir = make_job_dir(job_id)  # inside the try: a full disk fails the job, not the worker
-            request = parse_job(job.get("input"))
+            request = parse_job(job.get("input"), self.limits)
             result = self._dispatch(job_id, request, job_dir, timings, progress, emit)
             log.info("job %s done: %s timings=%s", job_id, type(request).__name__, result["timings_ms"])
             return result
@@ -244,7 +241,7 @@ class Worker:
             key = f"{self.bucket.outputs_prefix}{output_stem(job_id, request, i)}.{request.output_format}"
             with timings.measure("upload"):
                 s3.upload_file(self.s3, self.bucket.name, key, path, content_type)
-                url = s3.presigned_url(self.s3, self.bucket.name, key)
+                url = s3.presigned_url(self.s3, self.bucket.name, key, self.presign_expires_s)
             delivered.append({"audio_key": key, "audio_url": url, "bucket": self.bucket.name})
         return delivered
 
@@ -262,7 +259,7 @@ class Worker:
         key = f"{self.bucket.outputs_prefix}{stem}.{request.subtitles}"
         with timings.measure("upload"):
             s3.put_text(self.s3, self.bucket.name, key, text, SUBTITLE_FORMATS[request.subtitles])
-            url = s3.presigned_url(self.s3, self.bucket.name, key)
+            url = s3.presigned_url(self.s3, self.bucket.name, key, self.presign_expires_s)
         return {**result, "subtitles_key": key, "subtitles_url": url}
 
 
@@ -354,7 +351,7 @@ async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     yield await result
 
 
-def start_up() -> Worker:
+def start_up(settings: Settings) -> Worker:
     """Everything before the first job: the worker, and the RunPod SDK imported meanwhile.
 
     ``import runpod`` takes ~1.2 s, nearly all of it waiting for the subprocess py-cpuinfo
@@ -362,7 +359,7 @@ def start_up() -> Worker:
     Imported in a thread, that wait overlaps the model load instead of following it
     (BENCHMARKS.md). A failure there is only logged: ``main`` imports runpod again and raises.
     """
-    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")  # the SDK's DEBUG level logs every job's output
+    os.environ["RUNPOD_LOG_LEVEL"] = settings.runpod_log_level  # the SDK reads it at import
 
     def import_sdk() -> None:
         try:
@@ -372,26 +369,36 @@ def start_up() -> Worker:
 
     sdk = threading.Thread(target=import_sdk, name="import-runpod", daemon=True)
     sdk.start()
-    worker = Worker.from_env()
+    worker = Worker.from_settings(settings)
     sdk.join()
     return worker
 
 
+def cannot_start(err: Exception) -> NoReturn:
+    """Log why and exit non-zero with ``cannot start: <why>`` on stderr, no traceback."""
+    log.error("cannot start: %s", err)
+    sys.exit(f"cannot start: {err}")
+
+
 def main() -> None:
     global WORKER
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        WORKER = start_up()
+        settings = load_settings(os.environ)  # first: it pins the caches before huggingface_hub is imported
+    except SettingsError as err:
+        cannot_start(err)
+    logging.getLogger().setLevel(settings.log_level)
+    try:
+        WORKER = start_up(settings)
     except (ModelFilesMissing, ModelConfigError, ModelFilesCorrupt, ModelLoadFailed) as err:
-        log.error("cannot start: %s", err)
-        sys.exit(f"cannot start: {err}")
+        cannot_start(err)
 
     # SIGTERM (RunPod scaling the worker down) exits normally, so temp dirs made by imported
     # libraries are removed by their finalizers instead of being left in the scratch tier.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     import runpod
 
-    if is_true(os.environ.get("STREAMING")):
+    if settings.streaming:
         # /run and /runsync then get the list of everything yielded: audio items, then the result
         runpod.serverless.start({"handler": stream_handler, "return_aggregate_stream": True})
     else:

@@ -11,6 +11,7 @@ The implementation is :mod:`f5worker.s3`; this module re-exports its public func
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -27,7 +28,7 @@ from f5worker.s3 import (
     read_text,
     upload_file,
 )
-from f5worker.storage import BucketSettings
+from f5worker.settings import Settings, SettingsError
 
 __all__ = [
     "ObjectTooLarge", "check_s3_object_exists", "delete_objects", "describe_error", "download_file",
@@ -43,13 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     presign = commands.add_parser("presign", help="a presigned GET URL for a key")
     presign.add_argument("key")
     args = parser.parse_args(argv)
-    bucket = BucketSettings.from_env()
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as err:
+        print(f"s3_utils: {err}", file=sys.stderr)
+        return 1
+    bucket = settings.bucket
     if not bucket.configured:
         print("s3_utils: BUCKET_NAME is not set", file=sys.stderr)
         return 1
-    client = make_client(bucket)
+    client = make_client(bucket, settings.s3)
     if args.command == "presign":
-        print(presigned_url(client, bucket.name, args.key))
+        print(presigned_url(client, bucket.name, args.key, settings.s3.presign_expires_s))
         return 0
     for obj in list_s3_objects(client, bucket.name, bucket.voices_prefix if args.prefix is None else args.prefix):
         print(f"{obj['Size']:>12,}  {obj['ETag']}  {obj['Key']}")

@@ -8,7 +8,8 @@ its bucket, and if not, what exactly to fix. Run it inside the deployed pod befo
     python validate_storage_config.py --deep             # also hash every cached model file
 
 Checks, each PASS / WARN / FAIL with a one-line reason and a fix:
-  env        HF_HOME, HF_HUB_CACHE, TORCH_HOME set and inside the volume; legacy cache variables
+  env        HF_HOME, HF_HUB_CACHE, TORCH_HOME set and inside the volume; legacy cache variables;
+             every variable's value one the worker accepts (a bad one: FAIL, the worker would not start)
   volume     the network volume (RUNPOD_VOLUME_PATH, /runpod-volume) exists on its own filesystem
   dirs       each cache directory exists and takes a probe file (create, fsync, delete)
   space      free space where models go >= the model files still to download + headroom
@@ -41,11 +42,10 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from f5worker.model_files import worker_file_refs
 from f5worker.model_cache import (
     LEASE_S,
     IncompleteFile,
@@ -55,12 +55,25 @@ from f5worker.model_cache import (
     resolve_file,
     verify_complete,
 )
-from f5worker.model_files import PUBLISHED_FILE_BYTES, HubFile, ModelConfigError, ModelFilesMissing, ModelSources, is_hub_ref, parse_model_config
+from f5worker.model_files import (
+    PUBLISHED_FILE_BYTES,
+    AsrSettings,
+    HubFile,
+    ModelConfigError,
+    ModelFilesMissing,
+    ModelSources,
+    is_hub_ref,
+    parse_model_config,
+    worker_file_refs,
+)
+from f5worker.settings import Settings as WorkerSettings
+from f5worker.settings import SettingsError
 from f5worker.storage import (
     JOB_DIR_PREFIX,
     LEGACY_CACHE_VARS,
     BucketSettings,
     CachePaths,
+    S3Limits,
     human_bytes,
     nearest_existing,
     scratch_root,
@@ -100,7 +113,8 @@ class Result:
 
 @dataclass(frozen=True)
 class Settings:
-    """What the checks look at: the worker's tiers from ``env``, plus the validator's thresholds."""
+    """What the checks look at: the worker's tiers from ``env``, plus the validator's thresholds.
+    The tiers are parsed alone (a bad value elsewhere, which ``check_env`` reports, must not hide them)."""
 
     env: Mapping[str, str]
     cache: CachePaths
@@ -112,7 +126,7 @@ class Settings:
     deep: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ, scratch: Path | None = None, **thresholds: Any) -> Settings:
+    def from_env(cls, env: Mapping[str, str], scratch: Path | None = None, **thresholds: Any) -> Settings:
         return cls(env=env, cache=CachePaths.from_env(env), bucket=BucketSettings.from_env(env),
                    scratch=scratch or scratch_root(), **thresholds)
 
@@ -191,6 +205,11 @@ def check_env(s: Settings) -> Result:
             problems.append((Status.WARN, f"{what} {var}={value} is set; the worker ignores it and uses "
                              f"{s.cache.hub_cache}",
                              f"set HF_HUB_CACHE (or HF_HOME) instead and unset {var}"))
+    try:
+        WorkerSettings.from_env(s.env)
+    except SettingsError as err:
+        problems.append((Status.FAIL, f"{err}: the worker would not start",
+                         f"correct {err.variable} (STORAGE-DEPLOYMENT-GUIDE.md, environment reference)"))
     return _worst(problems, "env", f"HF_HOME, HF_HUB_CACHE, TORCH_HOME set, all inside the volume {volume}", details)
 
 
@@ -247,7 +266,7 @@ class _ModelFile:
 
 def _model_files(s: Settings, sources: ModelSources) -> list[_ModelFile]:
     found = []
-    for ref in worker_file_refs(sources, s.env):
+    for ref in worker_file_refs(sources, AsrSettings.from_env(s.env)):
         try:
             found.append(_ModelFile(ref, resolve_file(ref, s.cache.hub_cache, False, s.cache.fallback_caches)))
         except ModelFilesMissing as err:
@@ -406,7 +425,11 @@ def check_s3(s: Settings) -> Result:
 
     from f5worker.s3 import list_s3_objects, make_client, read_text
 
-    client = make_client(b, max_attempts=1)  # one try: report what is wrong, do not retry it
+    try:
+        limits = WorkerSettings.from_env(s.env).s3  # the worker's timeouts
+    except SettingsError:  # check_env reports it; the defaults meanwhile
+        limits = S3Limits()
+    client = make_client(b, replace(limits, max_attempts=1))  # one try: report what is wrong, do not retry it
     where = f"s3://{b.name} at {b.endpoint_url or 'AWS'}"
     key = f"{PROBE_PREFIX}{uuid.uuid4().hex}.txt"
     payload = f"validate_storage_config probe {time.time()}"
@@ -621,7 +644,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = Settings.from_env(
-        headroom_bytes=int(args.headroom_gb * GB), min_scratch_free_bytes=int(args.min_tmp_free_gb * GB),
+        os.environ, headroom_bytes=int(args.headroom_gb * GB), min_scratch_free_bytes=int(args.min_tmp_free_gb * GB),
         stale_after_s=args.stale_minutes * 60, deep=args.deep,
     )
     start = time.perf_counter()

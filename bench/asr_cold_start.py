@@ -4,7 +4,7 @@ Whisper pays instead.
     .venv/bin/python bench/asr_cold_start.py [--runs 5] [--hf-home DIR]
 
 Each run starts ``runpod_handler.py --rp_serve_api`` as a fresh process and times process start ->
-worker ready (the local API answering, which it does only after ``Worker.from_env``), with
+worker ready (the local API answering, which it does only after ``Worker.from_settings``), with
 ``ASR_ENABLED=0`` and ``ASR_ENABLED=1`` alternately. Whisper loads lazily, on the first job that
 needs it, so with ASR on the bench then sends two jobs with ``return_word_timings`` and reports
 the first one's ``load_asr`` stage (the one-off cost moved out of the cold start) and both jobs'

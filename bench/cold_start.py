@@ -60,14 +60,16 @@ CASES = {
         "extra = {{'inference_deps_s': t1 - t0, 'training_only_s': t2 - t1, 'f5_tts_itself_s': time.perf_counter() - t2}}\n"
     ),
     "worker, SDK imported after": (  # ablation: start_up() without its runpod-import thread
-        "import runpod_handler\n"
-        "w = runpod_handler.Worker.from_env()\n"
+        "import os, runpod_handler\n"
+        "from f5worker.settings import load_settings\n"
+        "w = runpod_handler.Worker.from_settings(load_settings(os.environ))\n"
         "import runpod\n"
         "extra = {{}}\n"
     ),
     "this worker": (
-        "import runpod_handler\n"
-        "w = runpod_handler.start_up()  # what main() does before taking jobs\n"
+        "import os, runpod_handler\n"
+        "from f5worker.settings import load_settings\n"
+        "w = runpod_handler.start_up(load_settings(os.environ))  # what main() does before taking jobs\n"
         "import runpod\n"
         "extra = {{'load_ms': w.model.load_ms}}\n"
     ),

@@ -77,7 +77,7 @@ def main() -> None:
 
     upstream = None if args.skip_upstream else F5TTS(model="F5TTS_v1_Base", ckpt_file=paths["checkpoint"], vocoder_local_path=paths["vocoder_dir"],
                      device=args.device, hf_cache_dir=str(args.dir / "hub"))
-    ours = TTSModel.load(ModelSources.from_env(), args.dir / "hub", allow_download=False, device=args.device,
+    ours = TTSModel.load(ModelSources.from_env(os.environ), args.dir / "hub", allow_download=False, device=args.device,
                          half_dir=args.dir / "f5tts-fp16")
     reference = prepare_reference(Path(ref_wav), ref_text)
     print(f"{torch.cuda.get_device_name() if cuda else 'CPU'}; weights dtype ours {next(ours.model.parameters()).dtype}, "

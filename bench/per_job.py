@@ -1,7 +1,7 @@
 """Per-job overhead of the handler, and the repeated-voice cache, with the tiny model and moto S3.
 
 In one process: a tiny random-weight model (``tests/support/tiny_models.py``), a ThreadedMotoServer on
-127.0.0.1 holding voices, and ``Worker.from_env()`` as ``main()`` builds it. Interleaved, job by
+127.0.0.1 holding voices, and ``Worker.from_settings()`` as ``main()`` builds it. Interleaved, job by
 job: the bare ``TTSModel.synthesize`` call on an already-prepared reference, and ``Worker.run``
 (validate -> voice from S3 -> synthesize -> encode -> upload -> presigned URL -> clean up) on the
 same text and parameters. Overhead = run - bare. Every S3 request is counted through botocore's
@@ -70,9 +70,10 @@ def main() -> None:
 def run(args: argparse.Namespace, scratch: Path) -> None:
     import runpod_handler
     from f5worker.contract import SynthesisParams
+    from f5worker.settings import load_settings
     from f5worker.voices import prepare_reference
 
-    worker = runpod_handler.Worker.from_env()
+    worker = runpod_handler.Worker.from_settings(load_settings(os.environ))
     s3, bucket = worker.s3, worker.bucket.name
     s3.create_bucket(Bucket=bucket)
     wav = files("f5_tts").joinpath("infer/examples/basic/basic_ref_en.wav").read_bytes()

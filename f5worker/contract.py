@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
+import functools
 import random
 import re
 from dataclasses import dataclass
@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 from f5worker.formats import OUTPUT_FORMATS, STREAM_FORMATS, SUBTITLE_FORMATS
 
-MAX_TEXT_CHARS = int(os.environ.get("MAX_TEXT_CHARS", "5000"))
+MAX_TEXT_CHARS = 5000  # JobLimits' defaults; settings.Settings reads the endpoint's values
 MAX_REF_TEXT_CHARS = 1000
-MAX_TEXTS = int(os.environ.get("MAX_TEXTS", "16"))
+MAX_TEXTS = 16
 MAX_URL_CHARS = 2048
 DEFAULT_VOICE = "default"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # an uploaded clip, before conversion (base64 or URL)
@@ -42,6 +42,22 @@ OPENAI_FIELDS = {"model", "input", "response_format"}
 # OpenAI response_format -> native output_format; OpenAI's default is mp3
 OPENAI_FORMATS = {"mp3": "mp3", "opus": "ogg", "flac": "flac", "wav": "wav", "pcm": "pcm"}
 ACTIONS = ("synthesize", "list_voices", "upload_voice", "delete_voice")
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """What one job may ask for (``MAX_TEXT_CHARS``, ``MAX_TEXTS``, ``VOICE_MAX_BYTES``,
+    ``VOICE_MAX_SECONDS``): these defaults, or the endpoint's values from ``settings.Settings``."""
+
+    max_text_chars: int = MAX_TEXT_CHARS  # one text, and a ``texts`` list in all
+    max_texts: int = MAX_TEXTS
+    # A voice in the bucket: its size is checked against the listing before any download (and the
+    # download is cut at the cap); its duration from the file's header, before decoding.
+    voice_max_bytes: int = 50 * 1024 * 1024
+    voice_max_seconds: float = 300.0  # only the first 12 s are used
+
+
+DEFAULT_LIMITS = JobLimits()
 
 
 @dataclass(frozen=True)
@@ -103,7 +119,7 @@ class DeleteVoiceRequest:
 JobRequest = SynthesisRequest | ListVoicesRequest | UploadVoiceRequest | DeleteVoiceRequest
 
 
-def parse_job(raw: Any) -> JobRequest:
+def parse_job(raw: Any, limits: JobLimits = DEFAULT_LIMITS) -> JobRequest:
     """The job's ``action`` (default ``synthesize``) and that action's fields."""
     if not isinstance(raw, dict):
         raise InputError("(root)", f"must be a JSON object, not {type(raw).__name__}")
@@ -111,15 +127,15 @@ def parse_job(raw: Any) -> JobRequest:
     if action not in ACTIONS:
         raise InputError("action", f"must be one of {', '.join(ACTIONS)}")
     fields = {k: v for k, v in raw.items() if k != "action"}
-    parsers = {"synthesize": parse_request, "list_voices": parse_list_voices,
+    parsers = {"synthesize": functools.partial(parse_request, limits=limits), "list_voices": parse_list_voices,
                "upload_voice": parse_upload_voice, "delete_voice": parse_delete_voice}
     return parsers[action](fields)
 
 
-def parse_request(raw: dict[str, Any]) -> SynthesisRequest:
+def parse_request(raw: dict[str, Any], limits: JobLimits = DEFAULT_LIMITS) -> SynthesisRequest:
     """A synthesis job, native or in OpenAI's speech request shape."""
     if OPENAI_FIELDS & raw.keys():
-        raw = from_openai(raw)
+        raw = from_openai(raw, limits)
     _check_fields(raw, KNOWN_FIELDS)
     numbers = {name: _number(raw, name, *spec) for name, spec in NUMERIC_FIELDS.items() if name in raw}
     numbers.setdefault("seed", random.randint(0, SEED_MAX))
@@ -133,7 +149,7 @@ def parse_request(raw: dict[str, Any]) -> SynthesisRequest:
     several = "texts" in raw
     if several and "text" in raw:
         raise InputError("texts", "give text or texts, not both")
-    texts = _texts(raw) if several else (_text(raw, "text", MAX_TEXT_CHARS, required=True),)
+    texts = _texts(raw, limits) if several else (_text(raw, "text", limits.max_text_chars, required=True),)
     stream, remove_silence = _flag(raw, "stream"), _flag(raw, "remove_silence")
     if stream:
         if several:
@@ -160,7 +176,7 @@ def parse_request(raw: dict[str, Any]) -> SynthesisRequest:
     )
 
 
-def from_openai(raw: dict[str, Any]) -> dict[str, Any]:
+def from_openai(raw: dict[str, Any], limits: JobLimits = DEFAULT_LIMITS) -> dict[str, Any]:
     """OpenAI's ``{"model", "input", "voice", "response_format", "speed"}`` as native fields.
     ``model`` is checked to be a string and otherwise ignored: this worker serves one model."""
     native = dict(raw)
@@ -169,7 +185,7 @@ def from_openai(raw: dict[str, Any]) -> dict[str, Any]:
     if "input" in native:
         if "text" in native:
             raise InputError("input", "is OpenAI's name for text: give one of them")
-        native["text"] = _text(native, "input", MAX_TEXT_CHARS, required=True)
+        native["text"] = _text(native, "input", limits.max_text_chars, required=True)
         del native["input"]
     fmt = _text(native, "response_format", 8, required=False)
     native.pop("response_format", None)
@@ -238,16 +254,16 @@ def _stored_voice_name(raw: dict) -> str:
     return name
 
 
-def _texts(raw: dict) -> tuple[str, ...]:
-    value = raw["texts"]
+def _texts(raw: dict, limits: JobLimits) -> tuple[str, ...]:
+    value, max_chars = raw["texts"], limits.max_text_chars
     if not isinstance(value, list) or not value:
         raise InputError("texts", "must be a non-empty list of strings")
-    if len(value) > MAX_TEXTS:
-        raise InputError("texts", f"has {len(value)} entries, over the limit of {MAX_TEXTS}")
-    texts = tuple(_text({f"texts[{i}]": v}, f"texts[{i}]", MAX_TEXT_CHARS, required=True) for i, v in enumerate(value))
+    if len(value) > limits.max_texts:
+        raise InputError("texts", f"has {len(value)} entries, over the limit of {limits.max_texts}")
+    texts = tuple(_text({f"texts[{i}]": v}, f"texts[{i}]", max_chars, required=True) for i, v in enumerate(value))
     total = sum(len(t) for t in texts)
-    if total > MAX_TEXT_CHARS:
-        raise InputError("texts", f"are {total} characters together, over the limit of {MAX_TEXT_CHARS}")
+    if total > max_chars:
+        raise InputError("texts", f"are {total} characters together, over the limit of {max_chars}")
     return texts
 
 

@@ -11,7 +11,6 @@ answer in seconds.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,13 @@ class ModelFilesMissing(RuntimeError):
 
 
 class ModelConfigError(ValueError):
-    """The model settings (F5TTS_* variables or the config file) are unusable."""
+    """The model settings (F5TTS_*/ASR_* variables or the config file) are unusable; ``variable``
+    names the environment variable whose value is at fault, when one is."""
+
+    def __init__(self, why: str, variable: str | None = None):
+        super().__init__(f"{variable}: {why}" if variable else why)
+        self.why = why
+        self.variable = variable
 
 
 class ModelFilesCorrupt(RuntimeError):
@@ -106,26 +111,37 @@ class ModelSources:
     vocoder: tuple[str, ...]
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> ModelSources:
+    def from_env(cls, env: Mapping[str, str]) -> ModelSources:
         name = env.get("F5TTS_MODEL", DEFAULT_MODEL)
-        config = env.get("F5TTS_MODEL_CONFIG") or None
-        checkpoint = env.get("F5TTS_CKPT_FILE") or BUILTIN_CHECKPOINTS.get(name)
+        config = _file_ref(env, "F5TTS_MODEL_CONFIG")
+        checkpoint = _file_ref(env, "F5TTS_CKPT_FILE") or BUILTIN_CHECKPOINTS.get(name)
         if checkpoint is None or (config is None and name not in BUILTIN_CHECKPOINTS):
             raise ModelConfigError(
-                f"F5TTS_MODEL={name!r} is not one of {sorted(BUILTIN_CHECKPOINTS)}; "
-                "a custom model needs F5TTS_CKPT_FILE and F5TTS_MODEL_CONFIG"
+                f"{name!r} is not one of {sorted(BUILTIN_CHECKPOINTS)}; "
+                "a custom model needs F5TTS_CKPT_FILE and F5TTS_MODEL_CONFIG", "F5TTS_MODEL"
             )
         return cls(
             name=name,
             checkpoint=checkpoint,
             config=config,
-            vocab=env.get("F5TTS_VOCAB_FILE") or None,
+            vocab=_file_ref(env, "F5TTS_VOCAB_FILE"),
             vocoder=tuple(f"hf://{VOCODER_REPO}/{f}" for f in VOCODER_FILES),
         )
 
     def file_refs(self) -> list[str]:
         """Every file the model is loaded from, in load order."""
         return [r for r in (self.config, self.vocab, self.checkpoint, *self.vocoder) if r]
+
+
+def _file_ref(env: Mapping[str, str], variable: str) -> str | None:
+    """``variable``'s path or ``hf://`` ref (None when unset or empty); a malformed ref names the variable."""
+    ref = env.get(variable) or None
+    if ref is not None and is_hub_ref(ref):
+        try:
+            HubFile.parse(ref)
+        except ModelConfigError as err:
+            raise ModelConfigError(err.why, variable) from None
+    return ref
 
 
 @dataclass(frozen=True)
@@ -178,10 +194,10 @@ class AsrSettings:
     language: str | None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> AsrSettings:
+    def from_env(cls, env: Mapping[str, str]) -> AsrSettings:
         repo_id = (env.get("ASR_MODEL") or DEFAULT_ASR_MODEL).removeprefix("hf://").strip("/")
         if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-            raise ModelConfigError(f"ASR_MODEL={repo_id!r} is not a Hugging Face repo id of the form owner/name")
+            raise ModelConfigError(f"{repo_id!r} is not a Hugging Face repo id of the form owner/name", "ASR_MODEL")
         return cls(
             enabled=is_true(env.get("ASR_ENABLED")),
             repo_id=repo_id,
@@ -192,16 +208,15 @@ class AsrSettings:
         return [f"hf://{self.repo_id}/{name}" for name in ASR_FILES]
 
 
-def asr_file_refs(env: Mapping[str, str] = os.environ) -> list[str]:
+def asr_file_refs(asr: AsrSettings) -> list[str]:
     """``hf://`` refs of every Whisper file the worker loads, or ``[]`` when ASR is off: what
     provisioning must download and the validator must find in the cache."""
-    settings = AsrSettings.from_env(env)
-    return settings.file_refs() if settings.enabled else []
+    return asr.file_refs() if asr.enabled else []
 
 
-def worker_file_refs(sources: ModelSources, env: Mapping[str, str] = os.environ) -> list[str]:
+def worker_file_refs(sources: ModelSources, asr: AsrSettings) -> list[str]:
     """Every file the worker loads: the TTS model's and, when ASR is on, Whisper's."""
-    return [*sources.file_refs(), *asr_file_refs(env)]
+    return [*sources.file_refs(), *asr_file_refs(asr)]
 
 
 def first_line(err: BaseException) -> str:

@@ -9,7 +9,6 @@ outputs go up in one PUT (S3 stores all of it or nothing), voices come down with
 from __future__ import annotations
 
 import enum
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +18,18 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError, NoCredentialsError
 from botocore.exceptions import ConnectionError as S3ConnectionError
 
-from f5worker.storage import BucketSettings
+from f5worker.storage import BucketSettings, S3Limits
 
-CONNECT_TIMEOUT_S = float(os.environ.get("S3_CONNECT_TIMEOUT_S", "5"))
-READ_TIMEOUT_S = float(os.environ.get("S3_READ_TIMEOUT_S", "30"))
-MAX_ATTEMPTS = int(os.environ.get("S3_MAX_ATTEMPTS", "4"))
-PRESIGN_EXPIRES_S = int(os.environ.get("S3_PRESIGN_EXPIRES_S", "86400"))
+DEFAULT_LIMITS = S3Limits()
 
 
-def make_client(settings: BucketSettings, max_attempts: int = MAX_ATTEMPTS) -> BaseClient:
+def make_client(settings: BucketSettings, limits: S3Limits = DEFAULT_LIMITS) -> BaseClient:
     """A boto3 S3 client for ``settings`` with bounded retries (standard mode) and timeouts."""
     config = Config(
-        connect_timeout=CONNECT_TIMEOUT_S,
-        read_timeout=READ_TIMEOUT_S,
+        connect_timeout=limits.connect_timeout_s,
+        read_timeout=limits.read_timeout_s,
         # total_max_attempts counts the first try; botocore's max_attempts would count retries only
-        retries={"total_max_attempts": max_attempts, "mode": "standard"},
+        retries={"total_max_attempts": limits.max_attempts, "mode": "standard"},
         signature_version="s3v4",
         # Custom endpoints (R2, MinIO, RunPod's S3 API, moto) expect path-style addressing.
         s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
@@ -123,7 +119,8 @@ def delete_objects(client: BaseClient, bucket: str, keys: list[str]) -> None:
         raise ClientError({"Error": {"Code": error.get("Code"), "Message": error.get("Message")}}, "DeleteObjects")
 
 
-def presigned_url(client: BaseClient, bucket: str, key: str, expires_s: int = PRESIGN_EXPIRES_S) -> str:
+def presigned_url(client: BaseClient, bucket: str, key: str,
+                  expires_s: int = DEFAULT_LIMITS.presign_expires_s) -> str:
     return client.generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s
     )

@@ -18,7 +18,6 @@ three miss is a file downloaded, once, into the volume cache (see ``provision.py
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ class CachePaths:
     image_cache: Path  # read-only at run time: filled by ``docker build --build-arg BAKE_MODEL=...``
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> CachePaths:
+    def from_env(cls, env: Mapping[str, str]) -> CachePaths:
         volume = Path(env.get("RUNPOD_VOLUME_PATH", DEFAULT_VOLUME))
         hf_home = Path(env.get("HF_HOME", str(volume / "models")))
         return cls(
@@ -82,23 +81,26 @@ def human_bytes(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
 def is_true(value: str | None) -> bool:
     """An on/off environment variable: ``1``, ``true``, ``yes``, ``on`` (any case) are on."""
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+    return (value or "").strip().lower() in TRUE_WORDS
 
 
-def apply_cache_env(env: MutableMapping[str, str] = os.environ) -> CachePaths:
-    """Pin the Hugging Face and torch caches to the volume unless the operator set them.
+def apply_cache_env(paths: CachePaths, env: MutableMapping[str, str]) -> None:
+    """Pin the Hugging Face and torch caches to ``paths`` (``CachePaths.from_env(env)``: the
+    volume unless the operator set them) by writing them into ``env``, the process environment.
 
     Must run before ``huggingface_hub``/``transformers`` are imported: they read these
-    variables once, at import time.
+    variables once, at import time. The entry points run it first thing, through
+    ``settings.load_settings``.
     """
-    paths = CachePaths.from_env(env)
     env.setdefault("HF_HOME", str(paths.hf_home))
     env.setdefault("HF_HUB_CACHE", str(paths.hub_cache))
     env.setdefault("TORCH_HOME", str(paths.torch_home))
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    return paths
 
 
 def scratch_root() -> Path:
@@ -125,7 +127,7 @@ class BucketSettings:
     outputs_prefix: str
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> BucketSettings:
+    def from_env(cls, env: Mapping[str, str]) -> BucketSettings:
         def get(name: str) -> str | None:
             return env.get(name) or None
 
@@ -150,6 +152,16 @@ class BucketSettings:
             f"secret_access_key={'set' if self.secret_access_key else None}, region={self.region!r}, "
             f"voices_prefix={self.voices_prefix!r}, outputs_prefix={self.outputs_prefix!r})"
         )
+
+
+@dataclass(frozen=True)
+class S3Limits:
+    """Bounds on every S3 call, so a dead endpoint fails a job in seconds instead of hanging it."""
+
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    max_attempts: int = 4  # the first try included (boto3's standard retry mode)
+    presign_expires_s: int = 86400  # lifetime of an output's presigned URL
 
 
 def _as_prefix(value: str) -> str:

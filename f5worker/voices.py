@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import tomllib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from botocore.client import BaseClient
 
 from f5worker import audio, s3
 from f5worker.asr import SpeechRecognizer
-from f5worker.contract import DEFAULT_VOICE, VOICE_NAME
+from f5worker.contract import DEFAULT_LIMITS, DEFAULT_VOICE, VOICE_NAME, JobLimits
 from f5worker.formats import OUTPUT_FORMATS, SAMPLE_RATE, VOICE_EXTENSIONS
 from f5worker.storage import BucketSettings
 from f5worker.timings import Timings
@@ -34,10 +33,6 @@ log = logging.getLogger(__name__)
 REF_MAX_S = 12.0  # F5-TTS is trained on references of at most ~12 s; upstream clips there too
 REF_MIN_S = 0.5
 REF_TAIL_S = 0.05  # upstream appends 50 ms of silence to the reference
-# Limits on a voice in the bucket. Sizes are checked against the listing before any download (and
-# the download is cut at the cap); the duration from the file's header, before decoding.
-MAX_VOICE_BYTES = int(os.environ.get("VOICE_MAX_BYTES", str(50 * 1024 * 1024)))
-MAX_VOICE_SECONDS = float(os.environ.get("VOICE_MAX_SECONDS", "300"))  # only the first 12 s are used
 MAX_TRANSCRIPT_BYTES = 16 * 1024
 
 
@@ -63,11 +58,11 @@ def normalise_ref_text(text: str) -> str:
     return f"{text} " if text.endswith(".") else f"{text}. "
 
 
-def clean_reference_wave(path: Path) -> tuple[np.ndarray, float]:
+def clean_reference_wave(path: Path, max_seconds: float = DEFAULT_LIMITS.voice_max_seconds) -> tuple[np.ndarray, float]:
     """Mono 24 kHz, clipped to 12 s, silence trimmed at the edges; also the source's length in
-    seconds, to tell when the clip was cut."""
+    seconds, to tell when the clip was cut. A source over ``max_seconds`` is refused."""
     try:
-        wave, sr = audio.read_mono(path, MAX_VOICE_SECONDS)
+        wave, sr = audio.read_mono(path, max_seconds)
     except audio.AudioError as err:
         raise VoiceError(f"reference audio: {err}") from err
     source_s = len(wave) / sr
@@ -78,17 +73,17 @@ def clean_reference_wave(path: Path) -> tuple[np.ndarray, float]:
     return wave, source_s
 
 
-def prepare_audio(path: Path) -> torch.Tensor:
+def prepare_audio(path: Path, max_seconds: float = DEFAULT_LIMITS.voice_max_seconds) -> torch.Tensor:
     """The reference clip as the model hears it, ``(1, n)`` float32 at ``SAMPLE_RATE``, with
     upstream's 50 ms silent tail."""
-    wave, _ = clean_reference_wave(path)
+    wave, _ = clean_reference_wave(path, max_seconds)
     wave = np.concatenate([wave, np.zeros(int(REF_TAIL_S * SAMPLE_RATE), dtype=np.float32)])
     return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
 
 
-def prepare_reference(path: Path, text: str) -> Reference:
+def prepare_reference(path: Path, text: str, max_seconds: float = DEFAULT_LIMITS.voice_max_seconds) -> Reference:
     """Upstream's ``preprocess_ref_audio_text`` without its temp files and without ffmpeg."""
-    return Reference(audio=prepare_audio(path), text=normalise_ref_text(text))
+    return Reference(audio=prepare_audio(path, max_seconds), text=normalise_ref_text(text))
 
 
 @functools.cache
@@ -103,9 +98,10 @@ class VoiceLibrary:
     """Resolves voice names to prepared references, with a bounded LRU cache."""
 
     def __init__(self, client: BaseClient | None, bucket: BucketSettings, cache_size: int = 16,
-                 recognizer: SpeechRecognizer | None = None):
+                 recognizer: SpeechRecognizer | None = None, limits: JobLimits = DEFAULT_LIMITS):
         self.client = client
         self.bucket = bucket
+        self.limits = limits  # the voice_max_* ones
         self.cache_size = cache_size
         self.recognizer = recognizer  # transcribes voices uploaded without a transcript; None: they are refused
         self._cache: OrderedDict[tuple, Reference] = OrderedDict()
@@ -144,7 +140,7 @@ class VoiceLibrary:
         """Convert ``source`` to a clean mono 24 kHz WAV reference and store it as
         ``<name>.wav`` with ``<name>.txt``, replacing the voice's other files only if ``overwrite``."""
         self._require_bucket()
-        wave, source_s = clean_reference_wave(source)
+        wave, source_s = clean_reference_wave(source, self.limits.voice_max_seconds)
         existing = self._keys(name)
         if existing and not overwrite:
             raise VoiceError(f"voice {name!r} exists ({', '.join(existing)}); pass overwrite: true to replace it")
@@ -190,11 +186,11 @@ class VoiceLibrary:
         return next((objects[k] for k in (f"{prefix}{name}.{ext}" for ext in VOICE_EXTENSIONS) if k in objects), None)
 
     def _download_clip(self, name: str, clip: dict, workdir: Path) -> Path:
-        """The listed clip into ``workdir``, cut off at ``MAX_VOICE_BYTES`` (the object may have
+        """The listed clip into ``workdir``, cut off at ``voice_max_bytes`` (the object may have
         been replaced by a larger one since it was listed)."""
         try:
             return s3.download_file(self.client, self.bucket.name, clip["Key"], workdir / Path(clip["Key"]).name,
-                                          max_bytes=MAX_VOICE_BYTES)
+                                          max_bytes=self.limits.voice_max_bytes)
         except s3.ObjectTooLarge as err:
             raise VoiceError(f"voice {name!r}: {err}") from err
 
@@ -214,7 +210,7 @@ class VoiceLibrary:
 
         def build() -> Reference:
             with timings.measure("prepare_reference"):
-                return prepare_reference(path, text)
+                return prepare_reference(path, text, self.limits.voice_max_seconds)
 
         return self._cached((DEFAULT_VOICE, text), build)
 
@@ -225,8 +221,8 @@ class VoiceLibrary:
         clip = self._clip(objects, name)
         if clip is None:
             raise VoiceError(f"voice {name!r} not found: no {prefix}{name}.{{{','.join(VOICE_EXTENSIONS)}}} in the bucket")
-        if clip["Size"] > MAX_VOICE_BYTES:
-            raise VoiceError(f"voice {name!r} is {clip['Size']} bytes, over the {MAX_VOICE_BYTES}-byte limit")
+        if clip["Size"] > (cap := self.limits.voice_max_bytes):
+            raise VoiceError(f"voice {name!r} is {clip['Size']} bytes, over the {cap}-byte limit")
         if clip["Size"] == 0:
             raise VoiceError(f"voice {name!r}: {clip['Key']} is empty")
         transcript = objects.get(f"{prefix}{name}.txt")
@@ -250,7 +246,7 @@ class VoiceLibrary:
                 raise VoiceError(f"voice {name!r}: transcript {prefix}{name}.txt is empty")
             with timings.measure("prepare_reference"):
                 try:
-                    reference = prepare_reference(local, text)
+                    reference = prepare_reference(local, text, self.limits.voice_max_seconds)
                 except VoiceError as err:
                     raise VoiceError(f"voice {name!r}: {err}") from None
             log.info("prepared voice %s from s3://%s/%s", name, bucket, clip["Key"])
@@ -266,7 +262,7 @@ class VoiceLibrary:
         with timings.measure("fetch_voice"):
             local = self._download_clip(name, clip, workdir)
         with timings.measure("prepare_reference"):
-            wave = prepare_audio(local)
+            wave = prepare_audio(local, self.limits.voice_max_seconds)
         with timings.measure("transcribe_reference"):
             text = self.recognizer.transcribe(wave[0].numpy(), SAMPLE_RATE, timings)
         if not text:

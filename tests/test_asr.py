@@ -27,11 +27,14 @@ def recognizer(repo: str = TINY_WHISPER_REPO) -> SpeechRecognizer:
 
 
 def test_file_refs_only_when_enabled():
-    assert asr_file_refs({}) == [] and asr_file_refs({"ASR_ENABLED": "0"}) == []
-    refs = asr_file_refs({"ASR_ENABLED": "1"})
-    assert refs == [f"hf://{DEFAULT_ASR_MODEL}/{name}" for name in ASR_FILES]
-    assert f"hf://{DEFAULT_ASR_MODEL}/model.safetensors" in refs
-    assert asr_file_refs({"ASR_ENABLED": "true", "ASR_MODEL": "hf://me/whisper-ft/"})[0] == "hf://me/whisper-ft/config.json"
+    def refs(env: dict[str, str]) -> list[str]:
+        return asr_file_refs(AsrSettings.from_env(env))
+
+    assert refs({}) == [] and refs({"ASR_ENABLED": "0"}) == []
+    enabled = refs({"ASR_ENABLED": "1"})
+    assert enabled == [f"hf://{DEFAULT_ASR_MODEL}/{name}" for name in ASR_FILES]
+    assert f"hf://{DEFAULT_ASR_MODEL}/model.safetensors" in enabled
+    assert refs({"ASR_ENABLED": "true", "ASR_MODEL": "hf://me/whisper-ft/"})[0] == "hf://me/whisper-ft/config.json"
 
 
 @pytest.mark.parametrize("bad", ["whisper", "a/b/c", "/x"])
@@ -87,6 +90,7 @@ def test_long_form_audio_over_30_seconds():
 COLD_START = """
 import json, os, sys
 import runpod_handler
+from f5worker.settings import Settings
 
 def whisper_modules():
     return sorted(m for m in sys.modules if "whisper" in m)
@@ -94,7 +98,7 @@ def whisper_modules():
 report = {}
 for enabled in ("0", "1"):
     os.environ["ASR_ENABLED"] = enabled
-    worker = runpod_handler.Worker.from_env()
+    worker = runpod_handler.Worker.from_settings(Settings.from_env(os.environ))
     report[enabled] = {"asr": worker.asr is not None, "whisper_modules": whisper_modules(),
                        "loaded": bool(worker.asr and worker.asr.loaded)}
 result = worker.run({"id": "w", "input": {"text": "Hello.", "nfe_step": 4, "seed": 1, "return_word_timings": True}})
@@ -106,7 +110,7 @@ print(json.dumps(report))
 
 @pytest.mark.process
 def test_cold_start_imports_no_whisper_and_the_first_job_loads_it(tmp_path):
-    """In a fresh process: ``Worker.from_env`` imports nothing of Whisper, ASR off or on; the
+    """In a fresh process: ``Worker.from_settings`` imports nothing of Whisper, ASR off or on; the
     first job asking for word timings loads it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUCKET_", "ASR_ENABLED"))}
     out = subprocess.run([sys.executable, "-c", COLD_START], cwd=ROOT, env={**env, "TMPDIR": str(tmp_path)},

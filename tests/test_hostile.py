@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from f5worker.contract import KNOWN_FIELDS
-from tests.support.audio_bytes import decode
 from tests.support.s3_servers import S3Proxy
 
 FAST = {"nfe_step": 2, "seed": 5}

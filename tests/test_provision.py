@@ -202,14 +202,13 @@ def test_a_killed_download_is_never_used_and_the_next_run_recovers(fake_hub, tmp
 def test_a_too_small_volume_fails_before_downloading_with_needed_and_available(fake_hub, tmp_path):
     cache = tmp_path / "volume" / "models" / "hub"
     script = (
-        "import sys\n"
+        "import os, sys\n"
         "from pathlib import Path\n"
-        "from f5worker import storage\n"
-        "storage.apply_cache_env()  # as every entry point does, before huggingface_hub is imported\n"
+        "from f5worker.settings import load_settings\n"
+        "settings = load_settings(os.environ)  # as every entry point does, before huggingface_hub is imported\n"
         "from f5worker import model_cache\n"
-        "from f5worker.model_files import ModelSources\n"
         "try:\n"
-        "    model_cache.fetch(ModelSources.from_env().file_refs(), Path(sys.argv[1]),\n"
+        "    model_cache.fetch(settings.model.file_refs(), Path(sys.argv[1]),\n"
         "                      free_bytes=lambda path: 1_000_000)\n"
         "except model_cache.VolumeTooSmall as err:\n"
         "    print(err)\n"

@@ -56,7 +56,8 @@ def assert_same_module(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
 def test_load_equals_upstream_load_model_and_load_vocoder(tiny_model: TTSModel):
     from f5worker.model_files import ModelSources
 
-    fresh = TTSModel.load(ModelSources.from_env(), Path(TINY_ENV["HF_HUB_CACHE"]), allow_download=False, device="cpu")
+    fresh = TTSModel.load(ModelSources.from_env(TINY_ENV), Path(TINY_ENV["HF_HUB_CACHE"]), allow_download=False,
+                          device="cpu")
     model, vocoder = upstream_load(tiny_model.resolved.checkpoint, tiny_model)
     assert_same_module(fresh.model, model)
     assert_same_module(fresh.vocoder, vocoder)
