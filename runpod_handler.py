@@ -45,10 +45,10 @@ from f5worker.asr import SpeechRecognizer  # noqa: E402
 from f5worker.model_files import AsrSettings  # noqa: E402
 from f5worker.contract import InputError, JobRequest, ListVoicesRequest, SynthesisRequest, UploadVoiceRequest, parse_job  # noqa: E402
 from f5worker.model_files import ModelConfigError, ModelFilesCorrupt, ModelFilesMissing, ModelSources  # noqa: E402
-from f5worker.storage import BucketSettings, is_true, make_job_dir, scratch_root  # noqa: E402
+from f5worker.storage import BucketSettings, is_true, make_job_dir, safe_job_id, scratch_root  # noqa: E402
 from f5worker.timings import Timings  # noqa: E402
 from f5worker.contract import SynthesisParams  # noqa: E402
-from f5worker.formats import OUTPUT_FORMATS, SAMPLE_RATE, SUBTITLE_FORMATS  # noqa: E402
+from f5worker.formats import OUTPUT_FORMATS, SAMPLE_RATE, SUBTITLE_FORMATS, base64_length  # noqa: E402
 from f5worker.tts_model import OUT_OF_MEMORY, TTSModel, release_memory  # noqa: E402
 from f5worker.contract import DEFAULT_VOICE, MAX_UPLOAD_BYTES  # noqa: E402
 from f5worker.voices import VoiceError, VoiceLibrary  # noqa: E402
@@ -230,7 +230,7 @@ class Worker:
         """Upload to ``<OUTPUTS_PREFIX><job id>.<ext>`` (``<job id>-<i>.<ext>`` for ``texts``), or
         inline base64 with no bucket."""
         if self.s3 is None or request.return_base64:
-            size = sum(4 * -(-path.stat().st_size // 3) for path in paths)
+            size = sum(base64_length(path.stat().st_size) for path in paths)
             if size > MAX_INLINE_BASE64_BYTES:
                 raise audio.AudioError(
                     f"the {request.output_format} output would be {size} bytes of base64, over the "
@@ -302,11 +302,6 @@ def wants_warm_up(setting: str, device: str) -> bool:
     if is_true(setting):
         return True
     return setting.strip().lower() == "auto" and device.startswith("cuda")
-
-
-def safe_job_id(job_id: str) -> str:
-    """The job id reduced to ``[A-Za-z0-9_-]``: output keys derive from it and nothing else."""
-    return "".join(c for c in job_id if (c.isascii() and c.isalnum()) or c in "-_")[:128] or "job"
 
 
 WORKER: Worker | None = None

@@ -197,3 +197,19 @@ def test_inline_output_over_the_limit_is_refused(make_worker, monkeypatch):
     monkeypatch.setattr(runpod_handler, "MAX_INLINE_BASE64_BYTES", 1000)
     error = make_worker({}).run(job())["error"]
     assert "inline limit" in error and "configure a bucket" in error
+
+
+def test_inline_limit_is_the_exact_base64_length(make_worker, monkeypatch):
+    import runpod_handler
+
+    size = len(make_worker({}).run(job())["audio_base64"])
+    monkeypatch.setattr(runpod_handler, "MAX_INLINE_BASE64_BYTES", size)
+    assert len(make_worker({}).run(job())["audio_base64"]) == size
+    monkeypatch.setattr(runpod_handler, "MAX_INLINE_BASE64_BYTES", size - 1)
+    assert f"would be {size} bytes of base64" in make_worker({}).run(job())["error"]
+
+
+def test_base64_length():
+    from f5worker.formats import base64_length
+
+    assert [base64_length(n) for n in range(10)] == [len(base64.b64encode(bytes(n))) for n in range(10)]
