@@ -74,10 +74,10 @@ def test_streamed_chunks_reassemble_into_the_non_streamed_file(make_worker, fmt)
 
 
 def test_stream_items_are_split_below_the_stream_chunk_limit(make_worker, monkeypatch):
-    import runpod_handler
+    from f5worker import delivery
 
-    assert 4 * runpod_handler.STREAM_PIECE_SAMPLES * 2 / 3 < 1_000_000
-    monkeypatch.setattr(runpod_handler, "STREAM_PIECE_SAMPLES", 24_000)  # 1 s pieces
+    assert 4 * delivery.STREAM_PIECE_SAMPLES * 2 / 3 < 1_000_000
+    monkeypatch.setattr(delivery, "STREAM_PIECE_SAMPLES", 24_000)  # 1 s pieces
     items: list[dict] = []
     final = make_worker({}).run(job(text=LONG_TEXT, stream=True, output_format="pcm"), emit=items.append)
     pieces = [base64.b64decode(item["audio_base64"]) for item in items]

@@ -169,7 +169,7 @@ def test_prefetch_reads_every_byte_and_survives_a_missing_file(own_checkpoint: P
     ("1", "cpu", True), ("0", "cuda", False), (" ON ", "cpu", True), ("off", "cuda", False),
 ])
 def test_warm_up_setting(setting: str, device: str, expected: bool):
-    from runpod_handler import wants_warm_up
+    from f5worker.pipeline import wants_warm_up
 
     assert wants_warm_up(setting, device) is expected
 
