@@ -259,9 +259,9 @@ def test_delete_voice(make_worker, bucket_env, s3):
     ({"audio_base64": base64.b64encode(b"junk" * 100).decode()}, "reference audio: not decodable audio"),
     ({"transcript": ""}, "input.transcript: is empty"),
     ({"audio_base64": None, "audio_url": "http://example.com/a.wav"}, "input.audio_url: must be an https:// URL"),
-    ({"audio_base64": None, "audio_url": "https://127.0.0.1/a.wav"}, "audio_url: '127.0.0.1' resolves to a non-public address"),
-    ({"audio_base64": None, "audio_url": "https://localhost:9/a.wav"}, "resolves to a non-public address"),
-    ({"audio_base64": None, "audio_url": "https://169.254.169.254/a.wav"}, "resolves to a non-public address"),
+    ({"audio_base64": None, "audio_url": "https://127.0.0.1/a.wav"}, "audio_url: host '127.0.0.1' resolves to non-public address 127.0.0.1"),
+    ({"audio_base64": None, "audio_url": "https://localhost:9/a.wav"}, "resolves to non-public address"),
+    ({"audio_base64": None, "audio_url": "https://169.254.169.254/a.wav"}, "resolves to non-public address 169.254.169.254"),
     ({"extra": 1}, "input.extra: unknown field"),
 ])
 def test_upload_errors(make_worker, bucket_env, fields, expected):
