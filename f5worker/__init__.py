@@ -6,4 +6,6 @@ Layers, each importing only those below it:
 - ``storage``, ``s3``, ``timings``: the three storage tiers, the bucket client, stage timings;
 - ``model_files`` -> ``model_cache`` -> ``tts_model``: which files, where they are, loading and synthesis;
 - ``audio``, ``asr``, ``subtitles``, ``voices``: audio I/O, Whisper, subtitle files, reference voices.
+- ``url_fetch``, ``delivery`` -> ``pipeline``: the guarded URL download, where outputs go, and the job
+  pipeline (``Worker``) that the RunPod glue in ``runpod_handler.py`` drives.
 """

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from f5worker.formats import OUTPUT_FORMATS, STREAM_FORMATS, SUBTITLE_FORMATS
+from f5worker.formats import OUTPUT_FORMATS, STREAM_FORMATS, SUBTITLE_FORMATS, base64_length
 
 MAX_TEXT_CHARS = 5000  # JobLimits' defaults; settings.Settings reads the endpoint's values
 MAX_REF_TEXT_CHARS = 1000
@@ -214,7 +214,7 @@ def parse_upload_voice(raw: dict[str, Any]) -> UploadVoiceRequest:
         raise InputError("audio_base64", "give the audio as audio_base64 or as audio_url (one of them)")
     audio = url = None
     if "audio_base64" in raw:
-        encoded = _text(raw, "audio_base64", 4 * -(-MAX_UPLOAD_BYTES // 3), required=True)
+        encoded = _text(raw, "audio_base64", base64_length(MAX_UPLOAD_BYTES), required=True)
         try:
             audio = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):

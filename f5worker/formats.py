@@ -30,3 +30,8 @@ STREAM_FORMATS = ("wav", "pcm")
 VOICE_EXTENSIONS = ("wav", "flac", "mp3", "ogg")
 
 SUBTITLE_FORMATS = {"srt": "application/x-subrip; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}  # content types
+
+
+def base64_length(size: int) -> int:
+    """Characters of base64 (padded) for ``size`` bytes."""
+    return 4 * -(-size // 3)

@@ -53,7 +53,7 @@ class Settings:
     model: ModelSources
     asr: AsrSettings
     offline: bool  # HF_HUB_OFFLINE: start only from files already in a cache, never download
-    warm_up: str  # F5TTS_WARMUP: "auto", "1" or "0" (runpod_handler.wants_warm_up)
+    warm_up: str  # F5TTS_WARMUP: "auto", "1" or "0" (pipeline.wants_warm_up)
     streaming: bool  # STREAMING: the generator handler
     log_level: str  # LOG_LEVEL, a ``logging`` level name
     runpod_log_level: str  # RUNPOD_LOG_LEVEL, the SDK's; INFO, not the SDK's DEBUG, which logs every job's output

@@ -108,10 +108,15 @@ def scratch_root() -> Path:
     return Path(tempfile.gettempdir())
 
 
+def safe_job_id(job_id: str) -> str:
+    """The job id reduced to ``[A-Za-z0-9_-]``, at most 128 characters: the job's scratch directory
+    and its output keys derive from it and nothing else."""
+    return "".join(c for c in job_id if (c.isascii() and c.isalnum()) or c in "-_")[:128] or "job"
+
+
 def make_job_dir(job_id: str) -> Path:
     """A fresh per-job directory under the scratch tier; the caller removes it."""
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in job_id)[:64]
-    return Path(tempfile.mkdtemp(prefix=f"{JOB_DIR_PREFIX}{safe}-", dir=scratch_root()))
+    return Path(tempfile.mkdtemp(prefix=f"{JOB_DIR_PREFIX}{safe_job_id(job_id)}-", dir=scratch_root()))
 
 
 @dataclass(frozen=True)

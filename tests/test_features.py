@@ -75,10 +75,10 @@ def test_streamed_chunks_reassemble_into_the_non_streamed_file(make_worker, fmt)
 
 
 def test_stream_items_are_split_below_the_stream_chunk_limit(make_worker, monkeypatch):
-    import runpod_handler
+    from f5worker import delivery
 
-    assert 4 * runpod_handler.STREAM_PIECE_SAMPLES * 2 / 3 < 1_000_000
-    monkeypatch.setattr(runpod_handler, "STREAM_PIECE_SAMPLES", 24_000)  # 1 s pieces
+    assert 4 * delivery.STREAM_PIECE_SAMPLES * 2 / 3 < 1_000_000
+    monkeypatch.setattr(delivery, "STREAM_PIECE_SAMPLES", 24_000)  # 1 s pieces
     items: list[dict] = []
     final = make_worker({}).run(job(text=LONG_TEXT, stream=True, output_format="pcm"), emit=items.append)
     pieces = [base64.b64decode(item["audio_base64"]) for item in items]
@@ -260,9 +260,9 @@ def test_delete_voice(make_worker, bucket_env, s3):
     ({"audio_base64": base64.b64encode(b"junk" * 100).decode()}, "reference audio: not decodable audio"),
     ({"transcript": ""}, "input.transcript: is empty"),
     ({"audio_base64": None, "audio_url": "http://example.com/a.wav"}, "input.audio_url: must be an https:// URL"),
-    ({"audio_base64": None, "audio_url": "https://127.0.0.1/a.wav"}, "audio_url: '127.0.0.1' resolves to a non-public address"),
-    ({"audio_base64": None, "audio_url": "https://localhost:9/a.wav"}, "resolves to a non-public address"),
-    ({"audio_base64": None, "audio_url": "https://169.254.169.254/a.wav"}, "resolves to a non-public address"),
+    ({"audio_base64": None, "audio_url": "https://127.0.0.1/a.wav"}, "audio_url: host '127.0.0.1' resolves to non-public address 127.0.0.1"),
+    ({"audio_base64": None, "audio_url": "https://localhost:9/a.wav"}, "resolves to non-public address"),
+    ({"audio_base64": None, "audio_url": "https://169.254.169.254/a.wav"}, "resolves to non-public address 169.254.169.254"),
     ({"extra": 1}, "input.extra: unknown field"),
 ])
 def test_upload_errors(make_worker, bucket_env, fields, expected):

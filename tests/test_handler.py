@@ -193,8 +193,24 @@ def test_named_voice_without_bucket_is_a_clear_error(make_worker):
 
 
 def test_inline_output_over_the_limit_is_refused(make_worker, monkeypatch):
-    import runpod_handler
+    from f5worker import delivery
 
-    monkeypatch.setattr(runpod_handler, "MAX_INLINE_BASE64_BYTES", 1000)
+    monkeypatch.setattr(delivery, "MAX_INLINE_BASE64_BYTES", 1000)
     error = make_worker({}).run(job())["error"]
     assert "inline limit" in error and "configure a bucket" in error
+
+
+def test_inline_limit_is_the_exact_base64_length(make_worker, monkeypatch):
+    from f5worker import delivery
+
+    size = len(make_worker({}).run(job())["audio_base64"])
+    monkeypatch.setattr(delivery, "MAX_INLINE_BASE64_BYTES", size)
+    assert len(make_worker({}).run(job())["audio_base64"]) == size
+    monkeypatch.setattr(delivery, "MAX_INLINE_BASE64_BYTES", size - 1)
+    assert f"would be {size} bytes of base64" in make_worker({}).run(job())["error"]
+
+
+def test_base64_length():
+    from f5worker.formats import base64_length
+
+    assert [base64_length(n) for n in range(10)] == [len(base64.b64encode(bytes(n))) for n in range(10)]

@@ -97,6 +97,16 @@ def test_output_keys_derive_only_from_the_job_id(make_worker, bucket_env, s3, sc
     assert list(scratch.iterdir()) == []
 
 
+@pytest.mark.parametrize("job_id", HOSTILE_JOB_IDS)
+def test_scratch_dir_is_named_after_the_same_safe_job_id(scratch: Path, job_id: str):
+    from f5worker.storage import JOB_DIR_PREFIX, make_job_dir, safe_job_id
+
+    safe = safe_job_id(job_id)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,128}", safe)
+    job_dir = make_job_dir(job_id)
+    assert job_dir.parent == scratch and job_dir.name.startswith(f"{JOB_DIR_PREFIX}{safe}-")
+
+
 JSON_LEAF = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
 JSON = st.recursive(JSON_LEAF, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
                                                                                           max_size=3), max_leaves=6)

@@ -115,7 +115,7 @@ def test_a_machine_that_cannot_load_sound_files_does_not_call_them_corrupt(loade
 
     monkeypatch.setattr(tts_model, loader, fail)
     with pytest.raises(ModelLoadFailed) as caught:
-        TTSModel.load(ModelSources.from_env(), Path(TINY_ENV["HF_HUB_CACHE"]), allow_download=False, device="cpu")
+        TTSModel.load(ModelSources.from_env(TINY_ENV), Path(TINY_ENV["HF_HUB_CACHE"]), allow_download=False, device="cpu")
     what = "the vocoder" if loader == "load_vocos" else "the tiny model"
     message = str(caught.value)
     assert message.startswith(f"cannot load {what} on cpu: {type(err).__name__}"), message
@@ -234,7 +234,7 @@ def test_prefetch_reads_every_byte_and_survives_a_missing_file(own_checkpoint: P
     ("1", "cpu", True), ("0", "cuda", False), (" ON ", "cpu", True), ("off", "cuda", False),
 ])
 def test_warm_up_setting(setting: str, device: str, expected: bool):
-    from runpod_handler import wants_warm_up
+    from f5worker.pipeline import wants_warm_up
 
     assert wants_warm_up(setting, device) is expected
 

@@ -1,33 +1,34 @@
-"""url_fetch against a real HTTPS server on 127.0.0.1 (self-signed certificate made with openssl).
+"""url_fetch against real HTTPS and HTTP servers on 127.0.0.1 (self-signed certificate made with openssl).
 
-The worker's address policy refuses loopback, so the success, size-cap and redirect tests pass
-``allow=`` (a loopback-only policy) and ``context=`` (trusting the test certificate) to the same
-``fetch``; the worker itself always uses the defaults, and the default policy is tested on its own.
+The worker's address policy (the RunPod SDK's ``rp_ssrf.is_safe_address``) refuses loopback, so the
+tests that must reach the local servers replace it, through monkeypatch, with a policy that allows
+127.0.0.1 only (``local_policy``), and trust the test certificate through ``REQUESTS_CA_BUNDLE``
+(``trust_cert``). The worker's code has no parameter that loosens the check; the default policy is
+tested on its own.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from runpod.serverless.utils import rp_ssrf
 
-from f5worker.url_fetch import FetchError, fetch, public_address
+from f5worker.url_fetch import FetchError, fetch
 
 BODY = b"RIFF" + bytes(range(256)) * 40
 
 
-def only_127_0_0_1(ip) -> bool:
-    return str(ip) == "127.0.0.1"
-
-
 class Routes(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    http_base = ""  # the plain-HTTP server's address, set by the fixture
+
+    def do_GET(self) -> None:
         port = self.server.server_address[1]
         if self.path == "/ok":
             self._send(200, BODY, {"Content-Length": str(len(BODY))})
@@ -35,12 +36,21 @@ class Routes(BaseHTTPRequestHandler):
             self._send(200, BODY, {"Content-Length": str(len(BODY))})
         elif self.path == "/big-no-length":  # HTTP/1.0: the body ends when the connection closes
             self._send(200, BODY * 4, {})
+        elif self.path == "/trickle":  # 10 KB every 0.1 s, for 6 s
+            self._send(200, b"", {})
+            try:
+                for _ in range(60):
+                    self.wfile.write(BODY)
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:  # the client gave up
+                pass
         elif self.path == "/to-ok":
             self._send(302, b"", {"Location": "/ok", "Content-Length": "0"})
         elif self.path == "/to-other-host":
             self._send(302, b"", {"Location": f"https://127.0.0.2:{port}/ok", "Content-Length": "0"})
-        elif self.path == "/to-http":
-            self._send(301, b"", {"Location": f"http://127.0.0.1:{port}/ok", "Content-Length": "0"})
+        elif self.path == "/to-http":  # to a plain-HTTP server that does serve the file
+            self._send(301, b"", {"Location": f"{self.http_base}/ok", "Content-Length": "0"})
         elif self.path == "/loop":
             self._send(302, b"", {"Location": "/loop", "Content-Length": "0"})
         else:
@@ -57,29 +67,47 @@ class Routes(BaseHTTPRequestHandler):
         pass
 
 
+def serve(server: ThreadingHTTPServer) -> str:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"127.0.0.1:{server.server_address[1]}"
+
+
 @pytest.fixture(scope="module")
-def https_server(tmp_path_factory) -> Iterator[tuple[str, ssl.SSLContext]]:
+def https_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """The HTTPS server's base URL and its certificate; a plain-HTTP server runs beside it."""
     tmp = tmp_path_factory.mktemp("tls")
     cert, key = tmp / "cert.pem", tmp / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1,IP:127.0.0.2", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
+    plain = ThreadingHTTPServer(("127.0.0.1", 0), Routes)
+    Routes.http_base = f"http://{serve(plain)}"
     server = ThreadingHTTPServer(("127.0.0.1", 0), Routes)
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert, key)
     server.socket = server_ctx.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    client_ctx = ssl.create_default_context(cafile=str(cert))
-    yield f"https://127.0.0.1:{server.server_address[1]}", client_ctx
+    yield f"https://{serve(server)}", cert
     server.shutdown()
+    plain.shutdown()
+
+
+@pytest.fixture
+def local_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only 127.0.0.1 counts as public (so 127.0.0.2 and every real private range stay refused)."""
+    monkeypatch.setattr(rp_ssrf, "is_safe_address", lambda ip: ip == "127.0.0.1")
+
+
+@pytest.fixture
+def trust_cert(https_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(https_server[1]))
 
 
 def get(https_server, path: str, dest: Path, max_bytes: int = 1 << 20) -> int:
-    base, context = https_server
-    return fetch(f"{base}{path}", dest, max_bytes, timeout_s=10, allow=only_127_0_0_1, context=context)
+    return fetch(f"{https_server[0]}{path}", dest, max_bytes, timeout_s=10)
 
 
-@pytest.mark.process
+@pytest.mark.process  # the https_server fixture makes its certificate with openssl
+@pytest.mark.usefixtures("local_policy", "trust_cert")
 def test_download_over_tls_and_relative_redirect(https_server, tmp_path):
     assert get(https_server, "/ok", tmp_path / "a") == len(BODY)
     assert (tmp_path / "a").read_bytes() == BODY
@@ -87,26 +115,39 @@ def test_download_over_tls_and_relative_redirect(https_server, tmp_path):
     assert (tmp_path / "b").read_bytes() == BODY
 
 
-@pytest.mark.process
+@pytest.mark.process  # the https_server fixture makes its certificate with openssl
+@pytest.mark.usefixtures("local_policy", "trust_cert")
 @pytest.mark.parametrize("path", ["/big", "/big-no-length"])
 def test_size_cap(https_server, tmp_path, path):
-    with pytest.raises(FetchError, match="limit"):
+    with pytest.raises(FetchError, match="size cap"):
         get(https_server, path, tmp_path / "x", max_bytes=len(BODY) - 1 if path == "/big" else len(BODY) * 2)
 
 
-@pytest.mark.process
+@pytest.mark.process  # the https_server fixture makes its certificate with openssl
+@pytest.mark.usefixtures("local_policy", "trust_cert")
+def test_the_whole_download_has_a_deadline(https_server, tmp_path):
+    """Every read gets bytes well within the 2 s socket timeout; the download as a whole does not end in 2 s."""
+    with pytest.raises(FetchError, match="took too long"):
+        fetch(f"{https_server[0]}/trickle", tmp_path / "x", 1 << 20, timeout_s=2)
+
+
+@pytest.mark.usefixtures("local_policy", "trust_cert")
 @pytest.mark.parametrize(("path", "message"), [("/to-other-host", "non-public"), ("/to-http", "only https"),
                                                ("/loop", "redirects"), ("/missing", "HTTP 404")])
+@pytest.mark.process  # the https_server fixture makes its certificate with openssl
 def test_redirects_are_checked_again_and_errors_are_clear(https_server, tmp_path, path, message):
     with pytest.raises(FetchError, match=message):
         get(https_server, path, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.process
-def test_certificate_is_verified(https_server, tmp_path):
-    base, _ = https_server
+@pytest.mark.process  # the https_server fixture makes its certificate with openssl
+@pytest.mark.usefixtures("local_policy")
+def test_certificate_is_verified(https_server, tmp_path, monkeypatch):
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
     with pytest.raises(FetchError, match="SSL|CERTIFICATE"):
-        fetch(f"{base}/ok", tmp_path / "x", 1 << 20, timeout_s=10, allow=only_127_0_0_1)
+        get(https_server, "/ok", tmp_path / "x")
 
 
 @pytest.mark.parametrize("url", [
@@ -121,16 +162,23 @@ def test_default_policy_refuses_internal_addresses_before_connecting(tmp_path, u
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.process  # the https_server fixture makes its certificate with openssl
+def test_default_policy_refuses_the_local_server(https_server, tmp_path):
+    with pytest.raises(FetchError, match="non-public"):
+        get(https_server, "/ok", tmp_path / "x")
+
+
 @pytest.mark.parametrize(("url", "message"), [("http://example.com/a.wav", "only https"),
                                               ("https://user:pw@example.com/a.wav", "credentials"),
-                                              ("ftp://example.com/a.wav", "only https")])
-def test_scheme_and_credentials_refused(tmp_path, url, message):
+                                              ("ftp://example.com/a.wav", "only https"),
+                                              (f"https://{'a' * 64}.example/a.wav", "failed: UnicodeError")])
+def test_scheme_credentials_and_bad_hosts_refused(tmp_path, url, message):
     with pytest.raises(FetchError, match=message):
         fetch(url, tmp_path / "x", 1 << 20)
 
 
 def test_public_address():
-    assert public_address(ipaddress.ip_address("8.8.8.8"))
-    assert public_address(ipaddress.ip_address("2001:4860:4860::8888"))
-    assert not public_address(ipaddress.ip_address("::ffff:10.0.0.1"))
-    assert not public_address(ipaddress.ip_address("127.0.0.1"))
+    assert rp_ssrf.is_safe_address("8.8.8.8")
+    assert rp_ssrf.is_safe_address("2001:4860:4860::8888")
+    assert not rp_ssrf.is_safe_address("::ffff:10.0.0.1")
+    assert not rp_ssrf.is_safe_address("127.0.0.1")
