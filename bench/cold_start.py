@@ -126,7 +126,9 @@ def main() -> None:
     hub = args.dir / "hub"
     marker = args.dir / "built.json"
     if not marker.is_file():
-        from bench.full_model import build_full_cache  # imports torch: not before, it would inflate the children's peak RSS
+        from bench.full_model import (
+            build_full_cache,  # imports torch: not before, it would inflate the children's peak RSS
+        )
 
         paths = build_full_cache(hub)
         marker.write_text(json.dumps({k: str(v) for k, v in paths.items()}))
@@ -184,7 +186,7 @@ def report(regime: str, dropped: bool, results: dict[str, list[dict]], weight_by
           "f5_tts.model/__init__ -> trainer, which every inference import goes through")
     phases = [r["load_ms"] for r in results["this worker"]]
     keys = list(phases[0])
-    print(f"\nthis worker, TTSModel.load phases (median ms): "
+    print("\nthis worker, TTSModel.load phases (median ms): "
           + ", ".join(f"{k} {med([p[k] for p in phases]):.0f}" for k in keys))
     loading = [(p["wait_prefetch"] + p["vocoder"] + p["model"]) / 1000 for p in phases]
     print(f"raw read of the {weight_bytes / 1e9:.2f} GB of weights: {read_floor:.2f} s ({weight_bytes / 1e6 / read_floor:.0f} MB/s); "

@@ -53,9 +53,9 @@ def main() -> None:
     import torch
     from f5_tts.api import F5TTS
 
-    from f5worker.model_files import ModelSources
     from f5worker.contract import SynthesisParams
     from f5worker.formats import SAMPLE_RATE
+    from f5worker.model_files import ModelSources
     from f5worker.tts_model import TTSModel
     from f5worker.voices import prepare_reference
 

@@ -25,8 +25,8 @@ from collections import Counter
 from importlib.resources import files
 from pathlib import Path
 
-from tests.support.tiny_models import build_tiny_cache
 from tests.support.net import free_port
+from tests.support.tiny_models import build_tiny_cache
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs away into the quiet forest."
 VOICE_TEXT = "Some call me nature, others call me mother nature."

@@ -47,7 +47,15 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from f5worker.model_files import HubFile, ModelFilesMissing, ModelSources, ResolvedModel, first_line, is_hub_ref, parse_model_config
+from f5worker.model_files import (
+    HubFile,
+    ModelFilesMissing,
+    ModelSources,
+    ResolvedModel,
+    first_line,
+    is_hub_ref,
+    parse_model_config,
+)
 from f5worker.storage import human_bytes, nearest_existing
 
 log = logging.getLogger("f5tts.provision")
@@ -191,7 +199,7 @@ def _plan(hub: HubFile, cache_dir: Path) -> _Download:
 
     try:
         meta = get_hf_file_metadata(hf_hub_url(hub.repo_id, hub.filename))
-    except Exception as err:  # noqa: BLE001 - offline, network, auth, 404: all mean "cannot fetch"
+    except Exception as err:
         raise ModelFilesMissing(
             f"{hub} is not in {cache_dir} and its metadata could not be fetched "
             f"({type(err).__name__}: {first_line(err)})"
@@ -236,7 +244,7 @@ def _download(item: _Download, cache_dir: Path) -> None:
     started = time.perf_counter()
     try:
         pointer = Path(hf_hub_download(item.hub.repo_id, item.hub.filename, cache_dir=cache_dir))
-    except Exception as err:  # noqa: BLE001 - network, auth, consistency: all mean "not downloaded"
+    except Exception as err:
         raise ModelFilesMissing(
             f"{item.hub} could not be downloaded into {cache_dir} ({type(err).__name__}: {first_line(err)})"
         ) from err
@@ -254,7 +262,7 @@ def etag_matches(path: Path, etag: str) -> bool | None:
     if re.fullmatch(r"[0-9a-f]{64}", etag):
         digest = hashlib.sha256()
     elif re.fullmatch(r"[0-9a-f]{40}", etag):
-        digest = hashlib.sha1()  # noqa: S324 - git's object id, not a security check
+        digest = hashlib.sha1()
         digest.update(b"blob %d\0" % path.stat().st_size)
     else:
         return None

@@ -33,7 +33,7 @@ BACKBONES = ("DiT", "UNetT", "MMDiT")
 # F5TTS_v1_Base and F5TTS_Base, 1.33 GB for E2TTS_Base; Vocos 54.4 MB). Estimates, used only for
 # the free-space check of files not yet in the cache; once cached, the real sizes count.
 PUBLISHED_FILE_BYTES = {
-    **{ref: 1_400_000_000 for ref in BUILTIN_CHECKPOINTS.values()},
+    **dict.fromkeys(BUILTIN_CHECKPOINTS.values(), 1400000000),
     f"hf://{VOCODER_REPO}/pytorch_model.bin": 55_000_000,
     f"hf://{VOCODER_REPO}/config.yaml": 1_000,
 }

@@ -108,8 +108,8 @@ def test_refused_credentials_fail_s3_jobs_only(start_worker, tmp_path):
     try:
         key_id, secret = moto.enforce_credentials()
         env = {"BUCKET_NAME": "voices-auth", "BUCKET_ENDPOINT_URL": moto.url, "BUCKET_REGION": "us-east-1"}
-        from s3_utils import make_client
         from f5worker.storage import BucketSettings
+        from s3_utils import make_client
 
         populate_bucket(make_client(BucketSettings.from_env(
             {**env, "BUCKET_ACCESS_KEY_ID": key_id, "BUCKET_SECRET_ACCESS_KEY": secret})), env["BUCKET_NAME"])

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from f5worker.model_cache import resolve_file, resolve_model
-from f5worker.model_files import BUILTIN_CHECKPOINTS, HubFile, ModelConfigError, ModelFilesMissing, ModelSources, parse_model_config
+from f5worker.model_files import (
+    BUILTIN_CHECKPOINTS,
+    HubFile,
+    ModelConfigError,
+    ModelFilesMissing,
+    ModelSources,
+    parse_model_config,
+)
 from tests.support.tiny_models import TINY_ARCH, TINY_ENV
 
 HUB = Path(TINY_ENV["HF_HUB_CACHE"])

@@ -62,7 +62,7 @@ def test_a_model_split_across_tiers_resolves_without_any_download(tmp_path):
     in-process hub is offline (HF_HUB_OFFLINE=1), so any download attempt would fail."""
     tiny = Path(TINY_ENV["HF_HUB_CACHE"])
     sources = ModelSources.from_env(TINY_ENV)
-    tier_of = {sources.checkpoint: "image", **{ref: "runpod" for ref in sources.vocoder}}
+    tier_of = {sources.checkpoint: "image", **dict.fromkeys(sources.vocoder, "runpod")}
     for ref in sources.file_refs():
         hub = HubFile.parse(ref)
         write_hub_file(tmp_path / tier_of.get(ref, "volume"), hub.repo_id, hub.filename,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from f5worker.model_files import HubFile, ModelFilesMissing, ModelSources
 from f5worker.model_cache import LEASE_FILE, cache_lease, etag_matches
+from f5worker.model_files import HubFile, ModelFilesMissing, ModelSources
 from f5worker.storage import CachePaths, human_bytes, nearest_existing
 from tests.support.bucket import BUCKET_ENV_KEYS
 from tests.support.fake_hub import FakeHub, git_blob_sha1

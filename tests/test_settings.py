@@ -18,8 +18,8 @@ from f5worker.model_files import AsrSettings, ModelSources
 from f5worker.settings import RUNPOD_LOG_LEVELS, Settings, SettingsError
 from f5worker.storage import BucketSettings, CachePaths, S3Limits
 from tests.support.bucket import BUCKET_ENV_KEYS
-from tests.support.paths import ROOT
 from tests.support.env_vars import env_vars_read_by_code
+from tests.support.paths import ROOT
 
 MODULES = sorted(p for p in [*ROOT.glob("*.py"), *(ROOT / "f5worker").glob("*.py")])
 PARSED = ("MAX_TEXT_CHARS", "MAX_TEXTS", "VOICE_MAX_BYTES", "VOICE_MAX_SECONDS", "S3_CONNECT_TIMEOUT_S",

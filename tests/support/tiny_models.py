@@ -111,8 +111,13 @@ def tiny_whisper_files(seed: int = 0) -> dict[str, bytes]:
     import json
 
     from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperTokenizer)
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizer,
+    )
     from transformers.models.whisper.tokenization_whisper import LANGUAGES
     from transformers.utils.logging import disable_progress_bar
 
