@@ -321,7 +321,8 @@ def check_model(s: Settings) -> Result:
         sources = ModelSources.from_env(s.env)
         files = _model_files(s, sources)
     except ModelConfigError as err:
-        return Result("model", Status.FAIL, str(err), "fix F5TTS_MODEL / F5TTS_CKPT_FILE / F5TTS_MODEL_CONFIG / ASR_MODEL")
+        return Result("model", Status.FAIL, str(err),
+                      "fix F5TTS_MODEL / F5TTS_CKPT_FILE / F5TTS_MODEL_CONFIG / ASR_MODEL")
     details: dict[str, Any] = {"model": sources.name, "files": {}}
     if sources.config is None:
         details["files"]["config"] = "packaged with f5-tts"

@@ -39,7 +39,8 @@ def start_and_time(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, st
     url = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "runpod_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
+        [sys.executable, "runpod_handler.py", "--rp_serve_api",
+         "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
         cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )
     while True:
@@ -93,7 +94,8 @@ def main() -> None:
     try:
         for run in range(args.runs):
             for enabled in ("0", "1"):
-                proc, url, seconds = start_and_time({**env, "ASR_ENABLED": enabled}, work / f"worker-{run}-{enabled}.log")
+                proc, url, seconds = start_and_time({**env, "ASR_ENABLED": enabled},
+                                                    work / f"worker-{run}-{enabled}.log")
                 try:
                     ready[enabled].append(seconds)
                     if enabled == "1":

@@ -32,7 +32,8 @@ MARK = "BENCH-READY "
 
 PRELUDE = "import time, json, resource\n"
 REPORT = (
-    "print({mark!r} + json.dumps({{'ready': time.time(), 'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}}), flush=True)\n"
+    "print({mark!r} + json.dumps({{'ready': time.time(), "
+    "'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}}), flush=True)\n"
 )
 
 CASES = {
@@ -52,12 +53,14 @@ CASES = {
     ),
     "f5-tts imports, split": (
         "t0 = time.perf_counter()\n"
-        "import torch, torchaudio, transformers.pipelines, vocos, x_transformers, librosa, pypinyin, rjieba, matplotlib.pylab, pydub, torchdiffeq\n"
+        "import torch, torchaudio, transformers.pipelines, vocos, x_transformers, "
+        "librosa, pypinyin, rjieba, matplotlib.pylab, pydub, torchdiffeq\n"
         "t1 = time.perf_counter()\n"
         "import wandb, datasets, accelerate, ema_pytorch  # what f5_tts.model's trainer/dataset modules add\n"
         "t2 = time.perf_counter()\n"
         "import f5_tts.infer.utils_infer\n"
-        "extra = {{'inference_deps_s': t1 - t0, 'training_only_s': t2 - t1, 'f5_tts_itself_s': time.perf_counter() - t2}}\n"
+        "extra = {{'inference_deps_s': t1 - t0, 'training_only_s': t2 - t1, "
+        "'f5_tts_itself_s': time.perf_counter() - t2}}\n"
     ),
     "worker, SDK imported after": (  # ablation: start_up() without its runpod-import thread
         "import os, runpod_handler\n"
@@ -189,7 +192,8 @@ def report(regime: str, dropped: bool, results: dict[str, list[dict]], weight_by
     print("\nthis worker, TTSModel.load phases (median ms): "
           + ", ".join(f"{k} {med([p[k] for p in phases]):.0f}" for k in keys))
     loading = [(p["wait_prefetch"] + p["vocoder"] + p["model"]) / 1000 for p in phases]
-    print(f"raw read of the {weight_bytes / 1e9:.2f} GB of weights: {read_floor:.2f} s ({weight_bytes / 1e6 / read_floor:.0f} MB/s); "
+    print(f"raw read of the {weight_bytes / 1e9:.2f} GB of weights: {read_floor:.2f} s "
+          f"({weight_bytes / 1e6 / read_floor:.0f} MB/s); "
           f"worker's weight loading on the critical path (wait for prefetch + vocoder + model): {med(loading):.2f} s "
           f"= {med(loading) / read_floor:.2f} x the read floor; prefetch thread (overlapped with imports): "
           f"{med([p['prefetch'] for p in phases]) / 1000:.2f} s; after ready, faulting the mapped weights in "

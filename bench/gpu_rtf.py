@@ -73,29 +73,33 @@ def main() -> None:
         seconds_of_audio = fn()
         if cuda:
             torch.cuda.synchronize()
-        return time.perf_counter() - started, seconds_of_audio, torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
+        elapsed = time.perf_counter() - started
+        return elapsed, seconds_of_audio, torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
 
-    upstream = None if args.skip_upstream else F5TTS(model="F5TTS_v1_Base", ckpt_file=paths["checkpoint"], vocoder_local_path=paths["vocoder_dir"],
-                     device=args.device, hf_cache_dir=str(args.dir / "hub"))
+    upstream = None if args.skip_upstream else F5TTS(
+        model="F5TTS_v1_Base", ckpt_file=paths["checkpoint"], vocoder_local_path=paths["vocoder_dir"],
+        device=args.device, hf_cache_dir=str(args.dir / "hub"))
     ours = TTSModel.load(ModelSources.from_env(os.environ), args.dir / "hub", allow_download=False, device=args.device,
                          half_dir=args.dir / "f5tts-fp16")
     reference = prepare_reference(Path(ref_wav), ref_text)
-    print(f"{torch.cuda.get_device_name() if cuda else 'CPU'}; weights dtype ours {next(ours.model.parameters()).dtype}, "
+    print(f"{torch.cuda.get_device_name() if cuda else 'CPU'}; "
+          f"weights dtype ours {next(ours.model.parameters()).dtype}, "
           f"upstream {next(upstream.ema_model.parameters()).dtype if upstream else '-'}")
     print("| nfe_step | implementation | RTF median | s per call | audio s | peak GPU MiB |")
     print("|---:|---|---:|---:|---:|---:|")
     chunks = ours.plan(reference.duration_s, reference.text, args.text, 1.0)
     for nfe in args.nfe:
         calls = {
-            "upstream F5TTS.infer": lambda: len(upstream.infer(ref_wav, ref_text, args.text, nfe_step=nfe, seed=0,
-                                                               show_info=lambda *_: None, progress=None)[0]) / SAMPLE_RATE,
-            "this worker": lambda: len(ours.synthesize(reference.audio, reference.text, chunks,
-                                                       SynthesisParams(nfe_step=nfe))) / SAMPLE_RATE,
+            "upstream F5TTS.infer": lambda nfe=nfe: len(upstream.infer(
+                ref_wav, ref_text, args.text, nfe_step=nfe, seed=0, show_info=lambda *_: None, progress=None,
+            )[0]) / SAMPLE_RATE,
+            "this worker": lambda nfe=nfe: len(ours.synthesize(reference.audio, reference.text, chunks,
+                                                               SynthesisParams(nfe_step=nfe))) / SAMPLE_RATE,
         }
         if upstream is None:
             del calls["upstream F5TTS.infer"]
         runs: dict[str, list] = {name: [] for name in calls}
-        for name, call in calls.items():
+        for call in calls.values():
             peak(call)  # untimed: kernels, cuBLAS/cuDNN handles, upstream's reference cache
         for _ in range(args.repeats):
             for name, call in calls.items():

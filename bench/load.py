@@ -91,16 +91,19 @@ class LoadReport:
             ("per-job temp dirs left / scratch as at start", f"{self.job_dirs_left} / {self.scratch_unchanged}"),
             (f"RSS after {BASELINE_JOBS} jobs -> at end (growth)",
              f"{self.rss_after_baseline_mib:.1f} MiB -> {self.rss_end_mib:.1f} MiB ({self.rss_growth_mib:+.1f} MiB)"),
-            ("RSS growth over the second half of the run", f"{self.late_rss_growth_mib:+.1f} MiB "
-                                                           f"(bounds: {MAX_RSS_GROWTH_MIB:g} total, {MAX_LATE_GROWTH_MIB:g} late)"),
+            ("RSS growth over the second half of the run",
+             f"{self.late_rss_growth_mib:+.1f} MiB "
+             f"(bounds: {MAX_RSS_GROWTH_MIB:g} total, {MAX_LATE_GROWTH_MIB:g} late)"),
             ("RSS (MiB) after n jobs", ", ".join(f"{n}: {mib:.0f}" for n, mib in self.rss_samples.items())),
-            ("voice x format combinations", f"{len(self.combos)} (each {min(self.combos.values())}-{max(self.combos.values())} jobs)"),
+            ("voice x format combinations",
+             f"{len(self.combos)} (each {min(self.combos.values())}-{max(self.combos.values())} jobs)"),
             ("wall time / throughput", f"{self.seconds:.1f} s / {self.sent / self.seconds:.2f} jobs/s"),
         ]
         width = max(len(name) for name, _ in rows)
         lines = [f"| {'metric'.ljust(width)} | value", f"|{'-' * (width + 2)}|------"]
         lines += [f"| {name.ljust(width)} | {value}" for name, value in rows]
-        lines += [f"| failed: {error}" for error in self.failed[:5]] + [f"| bad output: {b}" for b in self.bad_outputs[:5]]
+        lines += [f"| failed: {error}" for error in self.failed[:5]]
+        lines += [f"| bad output: {b}" for b in self.bad_outputs[:5]]
         return "\n".join(lines)
 
 

@@ -69,7 +69,7 @@ def main() -> None:
         "vocoder: load_vocos (meta + assign)": lambda: load_vocos(vocoder_dir, "cpu"),
     }
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for name, fn in cases.items():
+    for fn in cases.values():
         fn()  # untimed: page cache and allocator warm for both
     for _ in range(args.repeats):
         for name, fn in cases.items():

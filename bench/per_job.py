@@ -151,11 +151,16 @@ def run(args: argparse.Namespace, scratch: Path) -> None:
         print(f"- {label}: {dict(runs[-1][2])} (cached: {runs[-1][1]['voice_cached']})")
     print("\n## The per-job S3 choices, measured alone on the same bucket (median ms of 30)")
     print(request_costs(worker, scratch, later[-1][1]))
-    voice_first = statistics.median([r["timings_ms"].get("fetch_voice", 0) + r["timings_ms"].get("prepare_reference", 0) for _, r, _ in first])
-    voice_later = statistics.median([r["timings_ms"].get("fetch_voice", 0) + r["timings_ms"].get("prepare_reference", 0) for _, r, _ in later])
-    around = [statistics.median([r["timings_ms"]["total"] - r["timings_ms"]["synthesize"] for _, r, _ in runs]) for runs in (first, later)]
-    print(f"\n## Repeated voice\nfirst-job / later-job wall time: {statistics.median(first_ms) / statistics.median(later_ms):.2f}; "
-          f"time around the synthesis (total - synthesize): {around[0]:.1f} ms -> {around[1]:.1f} ms ({around[0] / around[1]:.2f} x); "
+    voice_first = statistics.median([r["timings_ms"].get("fetch_voice", 0) + r["timings_ms"].get("prepare_reference", 0)
+                                     for _, r, _ in first])
+    voice_later = statistics.median([r["timings_ms"].get("fetch_voice", 0) + r["timings_ms"].get("prepare_reference", 0)
+                                     for _, r, _ in later])
+    around = [statistics.median([r["timings_ms"]["total"] - r["timings_ms"]["synthesize"] for _, r, _ in runs])
+              for runs in (first, later)]
+    print(f"\n## Repeated voice\nfirst-job / later-job wall time: "
+          f"{statistics.median(first_ms) / statistics.median(later_ms):.2f}; "
+          f"time around the synthesis (total - synthesize): {around[0]:.1f} ms -> {around[1]:.1f} ms "
+          f"({around[0] / around[1]:.2f} x); "
           f"voice stages (fetch_voice + prepare_reference): {voice_first:.1f} ms -> {voice_later:.1f} ms "
           f"({voice_first / max(voice_later, 1e-3):.0f} x)")
 

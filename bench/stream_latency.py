@@ -78,7 +78,8 @@ def main() -> None:
             whole = statistics.median(r["total"] for r in plain)
             first = statistics.median(r["first"] for r in streamed)
             last = statistics.median(r["last"] for r in streamed)
-            print(f"| {chunks} | {plain[0]['audio_s']:.1f} | {whole:.0f} | {first:.0f} | {last:.0f} | {first / whole:.2f} |")
+            print(f"| {chunks} | {plain[0]['audio_s']:.1f} | {whole:.0f} | {first:.0f} | {last:.0f} "
+                  f"| {first / whole:.2f} |")
     finally:
         if home is not None:
             shutil.rmtree(home, ignore_errors=True)

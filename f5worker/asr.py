@@ -56,7 +56,7 @@ def clean_words(chunks: Iterable[Mapping[str, Any]], duration_s: float) -> list[
         text = str(chunk.get("text") or "").strip()
         if not text:
             continue
-        start, end = (tuple(chunk.get("timestamp") or ()) + (None, None))[:2]
+        start, end = (*(chunk.get("timestamp") or ()), None, None)[:2]
         start = _clamp(start if start is not None else previous_end, previous_end, duration_s)
         end = _clamp(end if end is not None else duration_s, start, duration_s)
         words.append(Word(text, round(start, 3), round(end, 3)))
@@ -106,7 +106,8 @@ class SpeechRecognizer:
         from f5worker.tts_model import pick_device
 
         started = time.perf_counter()
-        paths = [resolve_file(ref, self.cache_dir, self.allow_download, self.fallbacks) for ref in self.settings.file_refs()]
+        paths = [resolve_file(ref, self.cache_dir, self.allow_download, self.fallbacks)
+                 for ref in self.settings.file_refs()]
         if len({p.parent for p in paths}) != 1:
             raise ModelFilesMissing(f"the files of {self.settings.repo_id} are not in one snapshot: {paths}")
         device = self.device or pick_device()
@@ -123,7 +124,8 @@ class SpeechRecognizer:
         with self._lock:
             pipe = self._pipeline(timings)
             # the pipeline resamples to Whisper's 16 kHz itself (torchaudio, as audio.resample does)
-            return pipe({"raw": np.asarray(wave, dtype=np.float32), "sampling_rate": sample_rate}, generate_kwargs=generate_kwargs, **kwargs)
+            clip = {"raw": np.asarray(wave, dtype=np.float32), "sampling_rate": sample_rate}
+            return pipe(clip, generate_kwargs=generate_kwargs, **kwargs)
 
     def words(self, wave: np.ndarray, sample_rate: int, timings: Timings) -> list[Word]:
         """Every recognised word of ``wave`` with its start and end in seconds (see ``clean_words``).

@@ -65,8 +65,8 @@ def silent_runs(wave: np.ndarray, sr: int, threshold_db: float) -> list[tuple[in
     """``(start, end)`` sample ranges of consecutive frames quieter than ``threshold_db``."""
     step = _frame_step(sr)
     quiet = np.concatenate([[False], _frame_db(wave, sr) < threshold_db, [False]])
-    edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))
-    return [(int(a) * step, min(int(b) * step, len(wave))) for a, b in zip(edges[::2], edges[1::2])]
+    edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))  # padded with False: rises and falls pair up
+    return [(int(a) * step, min(int(b) * step, len(wave))) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 def trim_silence_edges(wave: np.ndarray, sr: int, threshold_db: float = -42.0) -> np.ndarray:

@@ -53,12 +53,16 @@ def _clock(seconds: float, separator: str) -> str:
 
 def to_srt(words: Sequence[Word]) -> str:
     return "".join(
-        f"{i}\n{_clock(c.start, ',')} --> {_clock(c.end, ',')}\n{c.text}\n\n" for i, c in enumerate(group_cues(words), 1)
+        f"{i}\n{_clock(c.start, ',')} --> {_clock(c.end, ',')}\n{c.text}\n\n"
+        for i, c in enumerate(group_cues(words), 1)
     )
 
 
 def to_vtt(words: Sequence[Word]) -> str:
-    cues = "".join(f"{_clock(c.start, '.')} --> {_clock(c.end, '.')}\n{html.escape(c.text, quote=False)}\n\n" for c in group_cues(words))
+    cues = "".join(
+        f"{_clock(c.start, '.')} --> {_clock(c.end, '.')}\n{html.escape(c.text, quote=False)}\n\n"
+        for c in group_cues(words)
+    )
     return f"WEBVTT\n\n{cues}"
 
 

@@ -58,7 +58,8 @@ def test_runsync_and_run_status_against_s3_with_no_network_at_start(start_worker
     assert status["status"] == "COMPLETED", status
     assert status["output"]["audio_key"] == f"outputs/{queued['id']}.mp3"
     assert status["output"]["voice_cached"] is True
-    assert decode(s3.get_object(Bucket=bucket_env["BUCKET_NAME"], Key=status["output"]["audio_key"])["Body"].read())[1] == 24_000
+    stored = s3.get_object(Bucket=bucket_env["BUCKET_NAME"], Key=status["output"]["audio_key"])["Body"].read()
+    assert decode(stored)[1] == 24_000
 
     bad = worker.post("/runsync", {"input": {**JOB, "voice": "../../etc/passwd"}})
     assert bad["status"] == "FAILED" and "input.voice" in bad["error"]

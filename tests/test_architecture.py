@@ -32,6 +32,7 @@ def test_the_package_never_imports_an_entry_point():
 
 
 def test_the_graph_command_prints_no_cycle():
-    out = subprocess.run([sys.executable, "tools/import_graph.py"], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "tools/import_graph.py"], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
     assert out.stdout.rstrip().endswith("no cycle")
     assert "f5worker.contract -> f5worker.formats" in out.stdout

@@ -84,6 +84,7 @@ def test_silent_reference_is_refused(tmp_path):
         prepare_reference(path, "text")
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("Hi", "Hi. "), ("Hi.", "Hi. "), ("  Hi. ", "Hi. "), ("你好。", "你好。")])
+@pytest.mark.parametrize(("raw", "expected"),
+                         [("Hi", "Hi. "), ("Hi.", "Hi. "), ("  Hi. ", "Hi. "), ("你好。", "你好。")])
 def test_ref_text_normalisation(raw, expected):
     assert normalise_ref_text(raw) == expected

@@ -96,7 +96,8 @@ def test_base_image_python_and_install_steps_match_the_project():
     assert not any("ffmpeg" in r for r in runs)  # audio.py uses libsndfile only
     install = next(r for r in runs if "pip install" in r)
     setup = (ROOT / "setup.sh").read_text()
-    assert install.index("pip install -r requirements.txt") < install.index("pip install --no-deps -r requirements-f5tts.txt")
+    assert (install.index("pip install -r requirements.txt")
+            < install.index("pip install --no-deps -r requirements-f5tts.txt"))
     assert "-r requirements.txt" in setup and "--no-deps -r requirements-f5tts.txt" in setup
     # Every project script a RUN step calls is one the tests run (provision.py: tests/test_provision.py).
     called = {m for r in runs for m in re.findall(r"python ([\w.]+\.py)", r)}
@@ -144,7 +145,8 @@ def test_hub_json_has_the_publishing_fields():
     assert HUB["title"].strip() and len(HUB["description"]) > 40
     config = HUB["config"]
     assert config["runsOn"] == "GPU" and config["gpuCount"] == 1
-    assert isinstance(config["containerDiskInGb"], int) and config["containerDiskInGb"] >= 15  # ~6 GB of wheels + weights
+    # ~6 GB of wheels + weights
+    assert isinstance(config["containerDiskInGb"], int) and config["containerDiskInGb"] >= 15
     assert all(re.fullmatch(r"-?[A-Z0-9_ a-z]+", g.strip()) for g in config["gpuIds"].split(","))
     for version in (*config["allowedCudaVersions"], *TESTS["config"]["allowedCudaVersions"]):
         major, minor = (int(x) for x in version.split("."))
@@ -158,7 +160,8 @@ def test_hub_json_env_inputs_match_the_code():
             "F5TTS_MODEL", "F5TTS_CKPT_FILE"} <= set(env)
     for item in env.values():
         field = item["input"]
-        assert field["type"] in ("string", "number", "boolean", "huggingface") and field["name"] and field["description"]
+        assert field["type"] in ("string", "number", "boolean", "huggingface")
+        assert field["name"] and field["description"]
         if "options" in field:
             assert field["default"] in [o["value"] for o in field["options"]]
     bucket = BucketSettings.from_env({})

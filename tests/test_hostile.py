@@ -50,7 +50,7 @@ def test_hostile_voices_never_reach_s3_and_no_secret_leaks(start_worker, bucket_
         responses.append(result)
         assert result["status"] == "FAILED" and result["error"].startswith("input.voice:"), (voice, result)
     assert proxy.requests == []  # not one S3 request for any of them
-    for voice, result in zip(HOSTILE_VOICES, responses):
+    for voice, result in zip(HOSTILE_VOICES, responses, strict=True):
         print(f"OBSERVED | voice {ascii(voice)[:40]} | {result['error'][:60]} | S3 requests: {len(proxy.requests)}")
 
     # Bytes that are not UTF-8 at all never reach the handler: the SDK's HTTP layer refuses them.

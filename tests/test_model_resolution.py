@@ -30,8 +30,8 @@ def test_a_volume_cache_that_is_runpods_cache_is_searched_once():
     assert paths.fallback_caches == (Path("/opt/f5tts/hub"),)
 
 
-@pytest.mark.parametrize("present", [("volume", "runpod", "image"), ("runpod", "image"), ("image",), ("volume", "image"),
-                                     ("runpod",)])
+@pytest.mark.parametrize("present", [("volume", "runpod", "image"), ("runpod", "image"), ("image",),
+                                     ("volume", "image"), ("runpod",)])
 def test_the_first_tier_holding_the_file_wins(tmp_path, present):
     caches = {tier: tmp_path / tier for tier in TIERS}
     hub = HubFile.parse(REF)

@@ -62,7 +62,8 @@ def assert_one_valid_copy(hub: FakeHub, cache: Path) -> None:
         assert hashlib.sha256(pointer.read_bytes()).digest() == hashlib.sha256(data).digest(), ref
     blobs = sorted(p.name for p in cache.glob("models--*/blobs/*"))
     expected = sorted(
-        hashlib.sha256(served(hub, r)).hexdigest() if r.endswith((".safetensors", ".bin")) else git_blob_sha1(served(hub, r))
+        hashlib.sha256(served(hub, r)).hexdigest() if r.endswith((".safetensors", ".bin"))
+        else git_blob_sha1(served(hub, r))
         for r in REFS
     )
     assert blobs == expected  # one blob per file, named by the hub's ETag, no *.incomplete

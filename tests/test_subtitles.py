@@ -62,7 +62,7 @@ def test_srt_parses_back_to_the_same_words_and_times(words):
     assert " ".join(c.content for c in cues).split() == " ".join(w.word for w in words).replace("-->", "->").split()
     expected = group_cues(words)
     assert len(cues) == len(expected)
-    for parsed, cue in zip(cues, expected):
+    for parsed, cue in zip(cues, expected, strict=True):
         assert abs(parsed.start.total_seconds() - cue.start) < 1e-3 and abs(parsed.end.total_seconds() - cue.end) < 1e-3
         assert "\n" not in parsed.content
 
@@ -72,15 +72,17 @@ def test_vtt_parses_back_to_the_same_words_and_times(words):
     text = to_vtt(words)
     assert text.startswith("WEBVTT\n")
     cues = list(webvtt.from_string(text))
-    assert " ".join(html.unescape(c.text) for c in cues).split() == " ".join(w.word for w in words).replace("-->", "->").split()
+    spoken = " ".join(w.word for w in words).replace("-->", "->").split()
+    assert " ".join(html.unescape(c.text) for c in cues).split() == spoken
     expected = group_cues(words)
     assert len(cues) == len(expected)
-    for parsed, cue in zip(cues, expected):
+    for parsed, cue in zip(cues, expected, strict=True):
         assert abs(seconds(parsed.start) - cue.start) < 1e-3 and abs(seconds(parsed.end) - cue.end) < 1e-3
 
 
 def test_cues_break_at_sentence_ends_line_length_and_duration():
-    words = [Word(w, i * 0.5, i * 0.5 + 0.4) for i, w in enumerate("One two. Three four five six seven eight nine ten eleven twelve".split())]
+    text = "One two. Three four five six seven eight nine ten eleven twelve"
+    words = [Word(w, i * 0.5, i * 0.5 + 0.4) for i, w in enumerate(text.split())]
     cues = group_cues(words)
     assert cues[0].text == "One two." and (cues[0].start, cues[0].end) == (0.0, 0.9)
     assert all(len(c.text) <= MAX_CUE_CHARS for c in cues)

@@ -23,7 +23,8 @@ def assert_word_timings(words: list[dict], duration_s: float) -> None:
     assert words, "the tiny Whisper always emits at least one word"
     previous_end = 0.0
     for w in words:
-        assert set(w) == {"word", "start", "end"} and isinstance(w["word"], str) and w["word"].strip() == w["word"] != ""
+        assert set(w) == {"word", "start", "end"} and isinstance(w["word"], str)
+        assert w["word"].strip() == w["word"] != ""
         assert previous_end <= w["start"] <= w["end"] <= duration_s
         previous_end = w["end"]
 
@@ -46,7 +47,8 @@ def test_words_and_inline_subtitles_without_a_bucket(make_worker, scratch: Path)
 
 
 def test_subtitles_uploaded_beside_the_audio(make_worker, bucket_env, s3):
-    result = make_worker(bucket_env, asr=True).run(job("abc-9", voice="alice", return_word_timings=True, subtitles="vtt"))
+    worker = make_worker(bucket_env, asr=True)
+    result = worker.run(job("abc-9", voice="alice", return_word_timings=True, subtitles="vtt"))
     assert "error" not in result, result
     assert result["audio_key"] == "outputs/abc-9.wav" and result["subtitles_key"] == "outputs/abc-9.vtt"
     assert "subtitles" not in result and result["subtitles_url"].startswith(bucket_env["BUCKET_ENDPOINT_URL"])

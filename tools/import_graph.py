@@ -43,7 +43,8 @@ def imported_names(path: Path, modules: dict[str, Path]) -> Iterator[str]:
 def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     """Module -> the project modules it imports."""
     modules = project_modules(root)
-    return {name: {m for m in imported_names(path, modules) if m in modules and m != name} for name, path in modules.items()}
+    return {name: {m for m in imported_names(path, modules) if m in modules and m != name}
+            for name, path in modules.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -83,7 +84,8 @@ def main() -> int:
     found = cycles(graph)
     for component in found:
         print("CYCLE: " + " <-> ".join(component))
-    print(f"{len(graph)} modules, {sum(map(len, graph.values()))} imports, " + ("no cycle" if not found else f"{len(found)} cycle(s)"))
+    print(f"{len(graph)} modules, {sum(map(len, graph.values()))} imports, "
+          + ("no cycle" if not found else f"{len(found)} cycle(s)"))
     return 1 if found else 0
 
 

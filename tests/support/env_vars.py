@@ -9,7 +9,8 @@ from tests.support.paths import ROOT
 # os.environ.get("X"), env.get("X"), getenv("X"), env.setdefault("X", ...), os.environ["X"], and
 # helper(env, "X", ...): every way the code reads a variable, including the local ``get("X")`` helper in
 # storage.BucketSettings and the parsers in settings.py, which take the environment, then the name.
-READ = re.compile(r"""(?:\bget|\bgetenv|\bsetdefault)\(\s*["']([A-Z][A-Z0-9_]*)["']|environ\[\s*["']([A-Z][A-Z0-9_]*)["']\]"""
+READ = re.compile(r"""(?:\bget|\bgetenv|\bsetdefault)\(\s*["']([A-Z][A-Z0-9_]*)["']"""
+                  r"""|environ\[\s*["']([A-Z][A-Z0-9_]*)["']\]"""
                   r"""|\(\s*env\s*,\s*["']([A-Z][A-Z0-9_]*)["']""")
 
 

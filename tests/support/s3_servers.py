@@ -64,10 +64,10 @@ class S3Proxy:
     ``cut()`` takes the endpoint down: open connections are dropped and new ones are accepted and
     reset at once (counted in ``refused``), which is what a client sees of a dead S3 endpoint
     behind a load balancer. ``stall()`` makes it hang instead: open connections are dropped and
-    new ones are accepted and then never answered (counted in ``stalled``). ``cut_during()`` arms a cut for the middle of a transfer: after the
-    first ``after_bytes`` of the request (an upload's body) or of the response (a download's
-    body) to the first request whose request line matches ``pattern``. ``requests`` lists every
-    ``"METHOD /path"`` that reached S3 through the proxy.
+    new ones are accepted and then never answered (counted in ``stalled``). ``cut_during()`` arms a
+    cut for the middle of a transfer: after the first ``after_bytes`` of the request (an upload's
+    body) or of the response (a download's body) to the first request whose request line matches
+    ``pattern``. ``requests`` lists every ``"METHOD /path"`` that reached S3 through the proxy.
     """
 
     def __init__(self, upstream: str):

@@ -40,11 +40,13 @@ def vocos_config(dim: int, intermediate_dim: int, num_layers: int) -> dict:
     return {
         "feature_extractor": {
             "class_path": "vocos.feature_extractors.MelSpectrogramFeatures",
-            "init_args": {"sample_rate": 24000, "n_fft": 1024, "hop_length": 256, "n_mels": 100, "padding": "center"},
+            "init_args": {"sample_rate": 24000, "n_fft": 1024, "hop_length": 256, "n_mels": 100,
+                          "padding": "center"},
         },
         "backbone": {
             "class_path": "vocos.models.VocosBackbone",
-            "init_args": {"input_channels": 100, "dim": dim, "intermediate_dim": intermediate_dim, "num_layers": num_layers},
+            "init_args": {"input_channels": 100, "dim": dim, "intermediate_dim": intermediate_dim,
+                          "num_layers": num_layers},
         },
         "head": {
             "class_path": "vocos.heads.ISTFTHead",
