@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tools.import_graph import ROOT, cycles, import_graph
 
 GRAPH = import_graph()
@@ -31,6 +33,7 @@ def test_the_package_never_imports_an_entry_point():
             assert not imports & entry_points, name
 
 
+@pytest.mark.process
 def test_the_graph_command_prints_no_cycle():
     out = subprocess.run([sys.executable, "tools/import_graph.py"], cwd=ROOT, capture_output=True, text=True,
                          check=True)

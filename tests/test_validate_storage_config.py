@@ -460,6 +460,7 @@ def lease_holder_process(provisioned) -> Iterator[subprocess.Popen[str]]:
         proc.wait()
 
 
+@pytest.mark.process
 def test_live_provisioning_lease_warns_and_a_dead_holders_is_stale(provisioned, scratch, lease_holder_process):
     marker = Path(provisioned["HF_HUB_CACHE"]) / LEASE_FILE
     live = v.check_leftovers(settings(provisioned, scratch))
