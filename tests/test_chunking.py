@@ -233,6 +233,28 @@ def test_the_model_plans_with_its_own_position_table(tiny_model):
         tiny_model.plan(10.0, "word " * 3000, "Hello there.", 1.0)
 
 
+# ---------------------------------------------------------------- speed and short texts
+
+def test_speed_does_not_change_a_text_under_10_bytes():
+    """Upstream's infer_batch_process speaks a chunk under 10 UTF-8 bytes at speed 0.3 (README, ``speed``)."""
+    budgets = [Budget(5.0, "Some call me nature, others call me mother nature. ", speed) for speed in (0.25, 1.0, 4.0)]
+    assert len({budget.frames("Hi there.") for budget in budgets}) == 1  # 9 bytes
+    slow, normal, fast = (budget.frames("Hi there!!") for budget in budgets)  # 10 bytes: the job's speed
+    assert slow > normal > fast
+
+
+def test_speed_through_the_worker(make_worker):
+    worker = make_worker({})
+
+    def duration(text: str, speed: float) -> float:
+        result = worker.run({"id": "s", "input": {"text": text, "speed": speed, "nfe_step": 2, "seed": 1}})
+        assert "error" not in result, result
+        return result["duration_s"]
+
+    assert duration("Hi.", 0.25) == duration("Hi.", 1.0) == duration("Hi.", 4.0) == 0.939  # README's figure
+    assert duration("Hello there.", 0.25) > duration("Hello there.", 1.0) > duration("Hello there.", 4.0)
+
+
 # ---------------------------------------------------------------- end to end on the tiny model
 
 @pytest.mark.parametrize("name", UNPUNCTUATED)
