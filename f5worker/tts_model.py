@@ -29,6 +29,7 @@ import torch
 import yaml
 from safetensors import SafetensorError
 
+from f5worker import chunking
 from f5worker.contract import SynthesisParams
 from f5worker.formats import SAMPLE_RATE
 from f5worker.model_cache import IncompleteFile, resolve_model, verify_complete
@@ -37,7 +38,6 @@ from f5worker.timings import Timings
 
 log = logging.getLogger(__name__)
 
-MAX_CONTEXT_S = 22.0  # upstream's budget of reference + generated seconds per chunk
 OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
 # What the loaders raise when a file's bytes are not a model file: a damaged safetensors header, pickle
 # stream, zip archive, YAML config or vocab; an empty file. Not what they raise when the machine fails them.
@@ -52,13 +52,6 @@ ChunkCallback = Callable[[int, int, np.ndarray], None]
 
 def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def chunk_budget(ref_audio_s: float, ref_text: str, speed: float) -> int:
-    """Upstream's per-chunk text budget: the reference's bytes-per-second rate over what is
-    left of the context window (same formula as ``utils_infer.infer_process``)."""
-    rate = len(ref_text.encode("utf-8")) / ref_audio_s
-    return max(1, int(rate * (MAX_CONTEXT_S - ref_audio_s) * speed))
 
 
 def compute_dtype(device: str) -> torch.dtype:
@@ -296,10 +289,10 @@ class TTSModel:
         return instance
 
     def plan(self, reference_s: float, ref_text: str, text: str, speed: float) -> list[str]:
-        """``text`` split into the chunks upstream would synthesize one at a time."""
-        from f5_tts.infer.utils_infer import chunk_text
-
-        return chunk_text(text, max_chars=chunk_budget(reference_s, ref_text, speed))
+        """``text`` in the chunks to synthesize one at a time: upstream's, cut finer where one would
+        not fit the model (``chunking.plan``; raises InputError where nothing fits)."""
+        positions = getattr(self.model.transformer.text_embed, "precompute_max_pos", None)
+        return chunking.plan(text, chunking.Budget(reference_s, ref_text, speed, positions))
 
     def synthesize(self, ref_audio: torch.Tensor, ref_text: str, chunks: list[str], params: SynthesisParams,
                    on_chunk: ChunkCallback | None = None) -> np.ndarray:
