@@ -25,7 +25,7 @@ def test_the_model_files_layer_reads_top_down():
 
 
 def test_the_engine_is_in_the_graph_and_its_upstream_loader_imports_no_project_module():
-    assert {"f5worker.engine", "f5worker.engine.upstream"} <= GRAPH.keys()
+    assert {"f5worker.engine", "f5worker.engine.upstream", "f5worker.engine.sampler"} <= GRAPH.keys()
     assert GRAPH["f5worker.engine.upstream"] == set()
     assert "f5worker.engine.upstream" in GRAPH["f5worker.tts_model"]
 
