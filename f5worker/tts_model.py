@@ -1,7 +1,9 @@
 """The F5-TTS model and Vocos vocoder, loaded once per worker process, and synthesis.
 
 Loading and the maths are upstream's (``f5_tts.infer.utils_infer``); this module decides the
-device, where the files come from, and holds the one instance the worker uses.
+device, where the files come from, and holds the one instance the worker uses. Loading imports
+neither ``utils_infer`` (transformers, matplotlib) nor ``f5_tts.model``'s package (its trainer:
+wandb, datasets): the model's modules come from ``engine.upstream.f5_model``.
 
 Cold start (``bench/cold_start.py``, BENCHMARKS.md) is cut without changing a weight: the
 weight files are read into the page cache by a thread while the main thread spends seconds
@@ -31,6 +33,7 @@ from safetensors import SafetensorError
 
 from f5worker import chunking
 from f5worker.contract import SynthesisParams
+from f5worker.engine.upstream import f5_model
 from f5worker.formats import SAMPLE_RATE
 from f5worker.model_cache import IncompleteFile, resolve_model, verify_complete
 from f5worker.model_files import ModelFilesCorrupt, ModelLoadFailed, ModelSources, ResolvedModel
@@ -38,6 +41,10 @@ from f5worker.timings import Timings
 
 log = logging.getLogger(__name__)
 
+# upstream's inference settings (utils_infer's constants), which its load_model builds the model with
+MEL_SPEC = {"n_fft": 1024, "hop_length": 256, "win_length": 1024, "n_mel_channels": 100,
+            "target_sample_rate": SAMPLE_RATE, "mel_spec_type": "vocos"}
+ODE_METHOD = "euler"
 OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
 # What the loaders raise when a file's bytes are not a model file: a damaged safetensors header, pickle
 # stream, zip archive, YAML config or vocab; an empty file. Not what they raise when the machine fails them.
@@ -155,23 +162,15 @@ def load_f5(model_cls: type, arch: dict, checkpoint: Path, vocab: Path | None, d
     checks it against ``load_model`` itself.
     """
     from accelerate import init_empty_weights
-    from f5_tts.infer import utils_infer as U
-    from f5_tts.model import CFM
-    from f5_tts.model.utils import get_tokenizer
 
-    vocab_char_map, vocab_size = get_tokenizer(str(vocab or files("f5_tts").joinpath("infer/examples/vocab.txt")), "custom")
+    f5 = f5_model()
+    vocab_file = str(vocab or files("f5_tts").joinpath("infer/examples/vocab.txt"))
+    vocab_char_map, vocab_size = f5.utils.get_tokenizer(vocab_file, "custom")
     with init_empty_weights(include_buffers=False):
-        model = CFM(
-            transformer=model_cls(**arch, text_num_embeds=vocab_size, mel_dim=U.n_mel_channels),
-            mel_spec_kwargs=dict(
-                n_fft=U.n_fft,
-                hop_length=U.hop_length,
-                win_length=U.win_length,
-                n_mel_channels=U.n_mel_channels,
-                target_sample_rate=U.target_sample_rate,
-                mel_spec_type="vocos",
-            ),
-            odeint_kwargs=dict(method=U.ode_method),
+        model = f5.CFM(
+            transformer=model_cls(**arch, text_num_embeds=vocab_size, mel_dim=MEL_SPEC["n_mel_channels"]),
+            mel_spec_kwargs=MEL_SPEC,
+            odeint_kwargs={"method": ODE_METHOD},
             vocab_char_map=vocab_char_map,
         )
     model.load_state_dict(ema_state_dict(checkpoint, device), assign=True)
@@ -263,9 +262,10 @@ class TTSModel:
             checkpoint = weights_file(resolved.checkpoint, device, half_dir)
         prefetch = Prefetch([checkpoint, resolved.vocoder_dir / "pytorch_model.bin"])
         prefetch.start()
-        with timings.measure("import"):
-            from f5_tts import model as f5_models
-            from f5_tts.infer import utils_infer  # noqa: F401 - the bulk of the imports, overlapping the read
+        with timings.measure("import"):  # the bulk of the imports, overlapping the read
+            f5 = f5_model()
+            import accelerate  # noqa: F401 - what load_vocos and load_f5 import
+            import vocos  # noqa: F401
         with timings.measure("wait_prefetch"):
             prefetch.join()
         with timings.measure("vocoder"):
@@ -275,7 +275,7 @@ class TTSModel:
                 raise load_error("the vocoder", sorted(resolved.vocoder_dir.iterdir()), device, err) from err
         with timings.measure("model"):
             try:
-                model = load_f5(getattr(f5_models, resolved.backbone), resolved.arch, checkpoint, resolved.vocab, device)
+                model = load_f5(getattr(f5, resolved.backbone), resolved.arch, checkpoint, resolved.vocab, device)
             except Exception as err:  # noqa: BLE001
                 files = [checkpoint, *([resolved.vocab] if resolved.vocab else [])]
                 raise load_error(f"the {resolved.name} model", files, device, err) from err

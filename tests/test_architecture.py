@@ -26,6 +26,12 @@ def test_the_model_files_layer_reads_top_down():
     assert "f5worker.tts_model" not in GRAPH["f5worker.model_cache"] | GRAPH["f5worker.model_files"]
 
 
+def test_the_engine_is_in_the_graph_and_its_upstream_loader_imports_no_project_module():
+    assert {"f5worker.engine", "f5worker.engine.upstream", "f5worker.engine.sampler"} <= GRAPH.keys()
+    assert GRAPH["f5worker.engine.upstream"] == set()
+    assert "f5worker.engine.upstream" in GRAPH["f5worker.tts_model"]
+
+
 def test_the_package_never_imports_an_entry_point():
     entry_points = {name for name in GRAPH if not name.startswith("f5worker")}
     for name, imports in GRAPH.items():

@@ -23,7 +23,7 @@ PACKAGE = "f5worker"
 
 
 def project_modules(root: Path = ROOT) -> dict[str, Path]:
-    """Module name -> source file, for the package and the root entry points."""
+    """Module name -> source file, for the package (its subpackages too) and the root entry points."""
     modules = {path.stem: path for path in root.glob("*.py")}
     for path in (root / PACKAGE).rglob("*.py"):
         parts = path.relative_to(root).with_suffix("").parts

@@ -1,0 +1,67 @@
+"""Loading imports only what inference needs: not upstream's inference script (transformers,
+matplotlib), not ``f5_tts.model``'s package (its trainer: wandb, datasets, ema_pytorch); and the
+model loaded that way equals upstream's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, TINY_ENV
+from tests.test_tts_model import assert_same_module, upstream_load
+
+NOT_AT_READY = (
+    "f5_tts.infer.utils_infer", "f5_tts.model", "f5_tts.model.trainer", "f5_tts.model.dataset",
+    "transformers", "matplotlib", "wandb", "datasets", "ema_pytorch",
+)
+
+LOAD = """
+import json, sys, torch
+from pathlib import Path
+from f5worker.model_files import ModelSources
+from f5worker.tts_model import TTSModel
+
+loaded = TTSModel.load(ModelSources.from_env(), Path(sys.argv[1]), allow_download=False, device="cpu")
+modules = sorted(sys.modules)
+torch.save({"model": loaded.model, "vocoder": loaded.vocoder}, sys.argv[2])
+import f5_tts.model  # the real package, its __init__ taking the modules already loaded
+from f5worker.engine.upstream import f5_model
+same = all(getattr(f5_tts.model, name) is getattr(f5_model(), name) for name in ("CFM", "DiT", "UNetT", "MMDiT"))
+print(json.dumps({"modules": modules, "package_takes_them": same}))
+"""
+
+
+@pytest.fixture(scope="module")
+def fresh_load(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """``TTSModel.load`` of the tiny model in a fresh process: what it imported, and the model it saved."""
+    saved = tmp_path_factory.mktemp("diet") / "loaded.pt"
+    out = subprocess.run([sys.executable, "-c", LOAD, TINY_ENV["HF_HUB_CACHE"], str(saved)], cwd=ROOT,
+                         env={**os.environ, **TINY_ENV}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1]), saved
+
+
+def test_loading_imports_neither_utils_infer_nor_the_trainer(fresh_load):
+    report, _ = fresh_load
+    assert {"torch", "vocos", "f5_tts.model.cfm", "f5_tts.model.backbones.dit"} <= set(report["modules"])
+    assert [name for name in NOT_AT_READY if name in report["modules"]] == []
+    assert report["package_takes_them"]
+
+
+def test_the_model_so_loaded_equals_upstreams(fresh_load, tiny_model):
+    _, saved = fresh_load
+    loaded = torch.load(saved, weights_only=False)  # its classes resolve to the real f5_tts.model's here
+    model, vocoder = upstream_load(tiny_model.resolved.checkpoint, tiny_model)
+    for ours, theirs in ((loaded["model"], model), (loaded["vocoder"], vocoder)):
+        assert type(ours) is type(theirs) and repr(ours) == repr(theirs)
+        assert_same_module(ours, theirs)
+    assert loaded["model"].odeint_kwargs == model.odeint_kwargs
+    assert loaded["model"].vocab_char_map == model.vocab_char_map
+    mel_settings = ("n_fft", "hop_length", "win_length", "n_mel_channels", "target_sample_rate", "extractor")
+    assert all(getattr(loaded["model"].mel_spec, k) == getattr(model.mel_spec, k) for k in mel_settings)
