@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
@@ -35,6 +37,7 @@ print("OK")
 """
 
 
+@pytest.mark.process
 def test_contract_imports_and_parses_without_torch_or_f5_tts():
     done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "OK", done.stderr

@@ -311,10 +311,13 @@ def test_s3_up_passes_and_leaves_no_probe(bucket_env, provisioned, scratch, s3):
 
 
 def test_s3_down_fails_at_the_first_try(bucket_env, provisioned, scratch, moto_endpoint):
-    proxy = S3Proxy(moto_endpoint)
-    proxy.cut()  # the endpoint refuses every connection
-    result = v.check_s3(settings({**provisioned, **bucket_env, "BUCKET_ENDPOINT_URL": proxy.url}, scratch))
+    nothing_listens = f"http://127.0.0.1:{free_port()}"
+    result = v.check_s3(settings({**provisioned, **bucket_env, "BUCKET_ENDPOINT_URL": nothing_listens}, scratch))
     assert result.status is v.Status.FAIL and "unreachable (EndpointConnectionError)" in result.reason
+    proxy = S3Proxy(moto_endpoint)
+    proxy.cut()  # the endpoint drops every connection: counted, so a retry would show
+    result = v.check_s3(settings({**provisioned, **bucket_env, "BUCKET_ENDPOINT_URL": proxy.url}, scratch))
+    assert result.status is v.Status.FAIL and "unreachable (" in result.reason
     assert proxy.refused == 1  # no retry: the check reports, it does not wait
     proxy.close()
 
@@ -477,17 +480,20 @@ def test_live_provisioning_lease_warns_and_a_dead_holders_is_stale(provisioned, 
 
 def test_provisioning_lease_of_another_host_is_stale_only_without_heartbeat(provisioned, scratch):
     marker = Path(provisioned["HF_HUB_CACHE"]) / LEASE_FILE
-    marker.parent.mkdir(parents=True)
-    marker.write_text("filelock/2\npid=4242\nhost=another-pod\nmode=lease\ntoken=0123abcd\n"
-                      f"duration={LEASE_S!r}\n")
-    live = v.check_leftovers(settings(provisioned, scratch))
-    assert live.status is v.Status.WARN and "held by pid 4242 on another-pod" in live.reason, live
-    assert not live.details["provisioning_lease"]["stale"]
-    last_heartbeat = time.time() - LEASE_S - 5
-    os.utime(marker, (last_heartbeat, last_heartbeat))
-    stale = v.check_leftovers(settings(provisioned, scratch))
-    assert stale.status is v.Status.WARN and f"stale provisioning lease {marker}" in stale.reason, stale
-    assert f"no heartbeat for over {LEASE_S:.0f} s" in stale.reason and f"rm {marker}" in stale.fix
+    marker.parent.mkdir(parents=True, exist_ok=True)  # the volume is shared by this module's tests
+    try:
+        marker.write_text("filelock/2\npid=4242\nhost=another-pod\nmode=lease\ntoken=0123abcd\n"
+                          f"duration={LEASE_S!r}\n")
+        live = v.check_leftovers(settings(provisioned, scratch))
+        assert live.status is v.Status.WARN and "held by pid 4242 on another-pod" in live.reason, live
+        assert not live.details["provisioning_lease"]["stale"]
+        last_heartbeat = time.time() - LEASE_S - 5
+        os.utime(marker, (last_heartbeat, last_heartbeat))
+        stale = v.check_leftovers(settings(provisioned, scratch))
+        assert stale.status is v.Status.WARN and f"stale provisioning lease {marker}" in stale.reason, stale
+        assert f"no heartbeat for over {LEASE_S:.0f} s" in stale.reason and f"rm {marker}" in stale.fix
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- the script
