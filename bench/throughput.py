@@ -4,11 +4,11 @@ per second, p50/p95 job latency, the mean batch the scheduler formed, and (CUDA)
 At concurrency ``c``, ``c`` client threads each run jobs back to back through one
 :class:`~f5worker.engine.scheduler.Scheduler` (``c x --rounds`` jobs in all); a job is one text
 cut into chunks by ``TTSModel.plan``, submitted at once, its latency the time until its last
-chunk's audio. A row "direct" runs ``--direct-jobs`` jobs one after another, each chunk a call
-of the sampling function alone (no scheduler, no thread): the CPU targets of issue 13 compare
-against it (8 concurrent jobs in <= 1.05x the time per job of sequential ones; a lone job within
-5 ms of the direct call). One untimed job warms up first. Audio seconds are the chunks' samples
-before the cross-fade.
+chunk's audio. Right before, side by side, the row "direct" runs the same jobs one after
+another, each chunk a call of the sampling function alone (no scheduler, no thread): the CPU
+targets of issue 13 compare the two (8 concurrent jobs in <= 1.05x the time of the same 8
+sequentially; a lone job within 5 ms of the direct call). One untimed job warms up first. Audio
+seconds are the chunks' samples before the cross-fade.
 
 The sampling function: the engine's batched ``Sampler`` when it is importable, else (or with
 ``--sampler stand-in``) upstream's ``infer_batch_process`` called per item, a STAND-IN that
@@ -138,8 +138,9 @@ def through_scheduler(scheduler: Scheduler, counting: Counting, jobs: list[list[
     return run
 
 
-def direct(sample: SampleFn, jobs: list[list[WorkItem]]) -> Run:
-    run = Run("direct", 1, batches=[1])
+def direct(sample: SampleFn, jobs: list[list[WorkItem]], concurrency: int) -> Run:
+    """``jobs`` one after another, each chunk alone; ``concurrency`` only labels the row it is compared with."""
+    run = Run("direct", concurrency, batches=[1])
     started = time.perf_counter()
     for job in jobs:
         begun = time.perf_counter()
@@ -148,6 +149,21 @@ def direct(sample: SampleFn, jobs: list[list[WorkItem]]) -> Run:
         run.audio_s += seconds(waves)
     run.wall_s = time.perf_counter() - started
     return run
+
+
+def handoff_ms(scheduler_cls: type[Scheduler], rounds: int = 1000) -> tuple[float, float]:
+    """The scheduler's own cost for a lone item: median and p95 ms of submit -> result with a
+    sampling function that does nothing, minus the direct call of that function."""
+    import numpy as np
+
+    wave = np.zeros(1, dtype=np.float32)
+    times = []
+    with scheduler_cls(lambda items: [wave] * len(items), key=lambda _: 0) as scheduler:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            scheduler.submit([None])[0].result()
+            times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), pct(times, 95)
 
 
 def model_env(args: argparse.Namespace, home: Path) -> dict[str, str]:
@@ -170,7 +186,6 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--rounds", type=int, default=2, help="jobs per client thread at each concurrency")
-    parser.add_argument("--direct-jobs", type=int, default=8)
     parser.add_argument("--nfe", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=None, help="default: the scheduler's DEFAULT_MAX_BATCH")
     parser.add_argument("--sampler", choices=("auto", "engine", "stand-in"), default="auto")
@@ -213,15 +228,16 @@ def measure(args: argparse.Namespace) -> None:
     cuda = device.startswith("cuda")
     counting = Counting(sample)
     max_batch = args.max_batch or DEFAULT_MAX_BATCH
-    direct(sample, [job(0)])  # untimed warm-up
-    runs = [direct(sample, [job(i) for i in range(args.direct_jobs)])]
+    direct(sample, [job(0)], 1)  # untimed warm-up
+    pairs: list[tuple[Run, Run]] = []
     with Scheduler(counting, max_batch=max_batch) as scheduler:
         for concurrency in args.concurrency:
+            jobs = [job(i) for i in range(concurrency * args.rounds)]
+            alone = direct(sample, jobs, concurrency)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            runs.append(through_scheduler(scheduler, counting, [job(i) for i in range(concurrency * args.rounds)],
-                                          concurrency))
-            runs[-1].peak_mib = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
+            pairs.append((alone, through_scheduler(scheduler, counting, jobs, concurrency)))
+            pairs[-1][1].peak_mib = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
 
     name = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})"
     print(f"{name}; {'tiny' if args.tiny else 'full-size F5TTS_v1_Base'} random-weight model; sampler: {sampler}; "
@@ -229,14 +245,16 @@ def measure(args: argparse.Namespace) -> None:
     print("| mode | concurrency | jobs | wall s | jobs/s | audio s/s | p50 latency s | p95 latency s | mean batch "
           "| peak GPU MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for run in runs:
-        print(run.row())
-    base = runs[0]
-    for run in runs[1:]:
-        if run.concurrency in (1, 8):
-            per_job = (run.wall_s / len(run.latencies)) / (base.wall_s / len(base.latencies))
-            print(f"- concurrency {run.concurrency}: time per job {per_job:.3f}x direct; p50 latency "
-                  f"{(pct(run.latencies, 50) - pct(base.latencies, 50)) * 1000:+.1f} ms vs direct")
+    for pair in pairs:
+        print("\n".join(run.row() for run in pair))
+    for alone, batched in pairs:
+        line = f"- concurrency {batched.concurrency}: wall time {batched.wall_s / alone.wall_s:.3f}x direct"
+        if batched.concurrency == 1:
+            line += f"; p50 latency {(pct(batched.latencies, 50) - pct(alone.latencies, 50)) * 1000:+.1f} ms vs direct"
+        print(line)
+    median, p95 = handoff_ms(Scheduler)
+    print(f"- the scheduler's own cost for a lone item (submit -> result, no-op sampling function): "
+          f"median {median:.3f} ms, p95 {p95:.3f} ms")
 
 
 if __name__ == "__main__":

@@ -211,6 +211,15 @@ def test_an_error_fails_only_its_batch_and_the_scheduler_goes_on(make_scheduler)
     np.testing.assert_array_equal(after.result(LIVENESS_S), wave_of(item("after")))
 
 
+def test_an_item_whose_key_cannot_be_computed_fails_its_submission_not_the_scheduler(make_scheduler):
+    scheduler = make_scheduler(Recorder(), key=lambda work: work.params.nfe_step)
+    with pytest.raises(AttributeError):
+        scheduler.submit([item("a"), None])
+    assert scheduler.waiting == 0
+    [after] = scheduler.submit([item("after")])
+    np.testing.assert_array_equal(after.result(LIVENESS_S), wave_of(item("after")))
+
+
 def test_a_sampling_function_answering_the_wrong_count_fails_its_batch(make_scheduler):
     scheduler = make_scheduler(lambda items: [np.zeros(1)])
     futures = scheduler.submit([item("a"), item("b")])  # one batch: the thread is idle until now

@@ -59,6 +59,7 @@ class SchedulerClosed(RuntimeError):
 @dataclass(frozen=True)
 class _Waiting:
     item: WorkItem
+    key: Hashable
     future: Future[np.ndarray]
 
 
@@ -88,6 +89,7 @@ class Scheduler:
 
         Cancelling a future before its batch starts drops the item.
         """
+        keys = [self._key(item) for item in items]  # here, so that a bad item fails its job, not the thread
         with self._wakeup:
             if self._closed:
                 raise SchedulerClosed("the synthesis scheduler is closed")
@@ -95,7 +97,7 @@ class Scheduler:
             if len(self._waiting) + len(items) > self.max_queue:
                 raise QueueFull(len(items), len(self._waiting), self.max_queue)
             futures: list[Future[np.ndarray]] = [Future() for _ in items]
-            self._waiting.extend(map(_Waiting, items, futures))
+            self._waiting.extend(map(_Waiting, items, keys, futures))
             self._wakeup.notify()
         return futures
 
@@ -156,11 +158,11 @@ class Scheduler:
         self._drop_cancelled()
         if not self._waiting:
             return []
-        key = self._key(self._waiting[0].item)
+        key = self._waiting[0].key
         batch: list[_Waiting] = []
         rest: deque[_Waiting] = deque()
         for entry in self._waiting:
-            if len(batch) < self.max_batch and self._key(entry.item) == key:
+            if len(batch) < self.max_batch and entry.key == key:
                 if entry.future.set_running_or_notify_cancel():
                     batch.append(entry)
             else:
