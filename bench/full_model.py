@@ -10,6 +10,7 @@ timings are those of the real model; only the values are random.
 from __future__ import annotations
 
 import io
+import json
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -42,6 +43,14 @@ def build_full_cache(hub_cache: Path) -> dict[str, Path]:
     write_hub_file(hub_cache, VOCODER_REPO, "config.yaml", yaml.safe_dump(VOCOS_CONFIG).encode(), REVISION)
     vocoder = write_hub_file(hub_cache, VOCODER_REPO, "pytorch_model.bin", buffer.getvalue(), REVISION)
     return {"checkpoint": checkpoint, "vocoder_dir": vocoder.parent}
+
+
+def ensure_full_cache(root: Path) -> dict[str, Path]:
+    """:func:`build_full_cache` into ``root/hub`` on the first call (``root/built.json`` marks it built)."""
+    marker = root / "built.json"
+    if not marker.is_file():
+        marker.write_text(json.dumps({k: str(v) for k, v in build_full_cache(root / "hub").items()}))
+    return {k: Path(v) for k, v in json.loads(marker.read_text()).items()}
 
 
 if __name__ == "__main__":
