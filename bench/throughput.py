@@ -73,7 +73,7 @@ def engine_sampling(model: TTSModel) -> SampleFn:
     """The engine's batched sampler on ``model`` (raises ImportError until it lands)."""
     from f5worker.engine.sampler import Sampler
 
-    return Sampler(model).sample
+    return Sampler(model.model, model.vocoder, model.device).sample
 
 
 class Counting:
@@ -169,7 +169,7 @@ def handoff_ms(scheduler_cls: type[Scheduler], rounds: int = 1000) -> tuple[floa
 def model_env(args: argparse.Namespace, home: Path) -> dict[str, str]:
     """The environment selecting the tiny model (built in ``home``) or the full-size one (in ``--dir``)."""
     if args.tiny:
-        from tests.tiny_models import build_tiny_cache
+        from tests.support.tiny_models import build_tiny_cache
 
         return {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), **build_tiny_cache(home / "hub")}
     from bench.full_model import ensure_full_cache
@@ -210,7 +210,7 @@ def measure(args: argparse.Namespace) -> None:
 
     device = args.device or pick_device()
     hub = Path(os.environ["HF_HUB_CACHE"])
-    model = TTSModel.load(ModelSources.from_env(), hub, allow_download=False, device=device)
+    model = TTSModel.load(ModelSources.from_env(os.environ), hub, allow_download=False, device=device)
     sampler = "stand-in" if args.sampler == "stand-in" else "engine"
     try:
         sample = upstream_stand_in(model) if sampler == "stand-in" else engine_sampling(model)

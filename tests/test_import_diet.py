@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY_ENV
+from tests.support.paths import ROOT
+from tests.support.tiny_models import TINY_ENV
 from tests.test_tts_model import assert_same_module, upstream_load
 
 NOT_AT_READY = (
@@ -22,12 +23,12 @@ NOT_AT_READY = (
 )
 
 LOAD = """
-import json, sys, torch
+import json, os, sys, torch
 from pathlib import Path
 from f5worker.model_files import ModelSources
 from f5worker.tts_model import TTSModel
 
-loaded = TTSModel.load(ModelSources.from_env(), Path(sys.argv[1]), allow_download=False, device="cpu")
+loaded = TTSModel.load(ModelSources.from_env(os.environ), Path(sys.argv[1]), allow_download=False, device="cpu")
 modules = sorted(sys.modules)
 torch.save({"model": loaded.model, "vocoder": loaded.vocoder}, sys.argv[2])
 import f5_tts.model  # the real package, its __init__ taking the modules already loaded
@@ -47,6 +48,7 @@ def fresh_load(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     return json.loads(out.stdout.strip().splitlines()[-1]), saved
 
 
+@pytest.mark.process
 def test_loading_imports_neither_utils_infer_nor_the_trainer(fresh_load):
     report, _ = fresh_load
     assert {"torch", "vocos", "f5_tts.model.cfm", "f5_tts.model.backbones.dit"} <= set(report["modules"])
@@ -54,6 +56,7 @@ def test_loading_imports_neither_utils_infer_nor_the_trainer(fresh_load):
     assert report["package_takes_them"]
 
 
+@pytest.mark.process
 def test_the_model_so_loaded_equals_upstreams(fresh_load, tiny_model):
     _, saved = fresh_load
     loaded = torch.load(saved, weights_only=False)  # its classes resolve to the real f5_tts.model's here

@@ -24,7 +24,7 @@ from f5worker.engine.sampler import Sampler, WorkItem, batch_key, condition, int
 from f5worker.engine.upstream import f5_model
 from f5worker.tts_model import MEL_SPEC, ODE_METHOD, TTSModel, load_f5, load_vocos
 from f5worker.voices import prepare_reference
-from tests.conftest import ALICE_TEXT
+from tests.support.bucket import ALICE_TEXT
 
 ZH_TEXT = "对，这就是我，万人敬仰的太乙真人。"  # basic_ref_zh.wav's transcript (upstream's speech_edit.py)
 BATCH_TOLERANCE = 1e-4

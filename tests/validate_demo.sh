@@ -28,6 +28,7 @@ export BUCKET_NAME=demo-voices BUCKET_ENDPOINT_URL=http://127.0.0.1:$PORT BUCKET
 export BUCKET_ACCESS_KEY_ID=AKIADEMO000000000000 BUCKET_SECRET_ACCESS_KEY=demo-secret-never-printed
 
 $PY - <<'EOF'
+import os
 import time
 
 import requests
@@ -36,7 +37,7 @@ from f5worker.storage import BucketSettings
 from s3_utils import make_client
 from tests.support.bucket import populate_bucket
 
-settings = BucketSettings.from_env()
+settings = BucketSettings.from_env(os.environ)
 for _ in range(100):
     try:
         requests.get(f"{settings.endpoint_url}/moto-api/", timeout=1)
