@@ -24,4 +24,4 @@ until (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
   fi
   sleep 0.2
 done
-.venv/bin/python demo_job.py "http://127.0.0.1:$PORT" out/demo.mp3
+.venv/bin/python tools/demo_job.py "http://127.0.0.1:$PORT" out/demo.mp3

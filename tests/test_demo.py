@@ -8,8 +8,8 @@ import subprocess
 import pytest
 import soundfile as sf
 
-import demo_job
 from tests.support.paths import ROOT
+from tools import demo_job
 
 
 def commands(path: str) -> list[str]:
@@ -26,7 +26,7 @@ def test_the_readme_two_commands_are_what_ci_and_the_scripts_run():
     test_sh, demo_sh = commands("test.sh"), commands("demo.sh")
     assert test_sh.index("bash setup.sh || exit") < test_sh.index('.venv/bin/python -m pytest -q "$@"')
     assert "bash setup.sh" in demo_sh[:3]  # set up before anything else
-    assert demo_sh[-1] == '.venv/bin/python demo_job.py "http://127.0.0.1:$PORT" out/demo.mp3'
+    assert demo_sh[-1] == '.venv/bin/python tools/demo_job.py "http://127.0.0.1:$PORT" out/demo.mp3'
 
 
 @pytest.mark.process

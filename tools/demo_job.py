@@ -1,7 +1,7 @@
 """demo.sh's last step: one synthesis job sent to a running worker's local API, its audio written
 to a file, read back, and described in one line.
 
-    python demo_job.py http://127.0.0.1:8000 out/demo.mp3
+    python tools/demo_job.py http://127.0.0.1:8000 out/demo.mp3
 
 The worker is ``runpod_handler.py --rp_serve_api``; the job asks for the audio inline
 (``return_base64``), so no bucket is needed.
