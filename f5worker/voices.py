@@ -407,13 +407,15 @@ class VoiceLibrary:
         try:
             reference = work()
         except BaseException as err:
-            flight.set_exception(err)
+            self._land(key).set_exception(err)
             raise
-        finally:
-            with self._lock:
-                del self._flights[key]
-        flight.set_result(reference)
+        self._land(key).set_result(reference)
         return reference, False
+
+    def _land(self, key: tuple) -> Future:
+        """The flight for ``key``, taken off the list before its waiters wake."""
+        with self._lock:
+            return self._flights.pop(key)
 
     def _remember(self, key: tuple, reference: Reference) -> Reference:
         with self._lock:
