@@ -9,8 +9,10 @@ outputs go up in one PUT (S3 stores all of it or nothing), voices come down with
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import boto3
 from botocore.client import BaseClient
@@ -70,43 +72,100 @@ class ObjectTooLarge(ValueError):
     """A download grew past its cap (the object changed after it was listed)."""
 
 
-def download_file(client: BaseClient, bucket: str, key: str, path: Path, max_bytes: int | None = None) -> Path:
-    """``key`` into ``path`` in one GET. With ``max_bytes``, the body is cut off and
-    :class:`ObjectTooLarge` raised once it passes the cap, whatever size the listing showed (the
-    object may have been replaced since)."""
-    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+class ObjectChanged(ClientError):
+    """The object is not the version a request named: a conditional read or write failed (412, or
+    409 for a concurrent conditional write), or it is gone (404). The original error's response."""
+
+
+CHANGED_CODES = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409", "404")
+
+
+@contextmanager
+def _changes_raised() -> Iterator[None]:
+    try:
+        yield
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in CHANGED_CODES:
+            raise ObjectChanged(err.response, err.operation_name) from err
+        raise
+
+
+def get_object(client: BaseClient, bucket: str, key: str, if_match: str | None = None,
+               first_bytes: int | None = None) -> dict[str, Any]:
+    """The GetObject response (``Body``, ``ETag``, ``Metadata``...). ``if_match``: only that
+    version (an ETag); ``first_bytes``: only the start of the body."""
+    extra: dict[str, Any] = {}
+    if if_match is not None:
+        extra["IfMatch"] = if_match
+    if first_bytes is not None:
+        extra["Range"] = f"bytes=0-{first_bytes - 1}"
+    with _changes_raised():
+        return client.get_object(Bucket=bucket, Key=key, **extra)
+
+
+def save_body(response: dict[str, Any], path: Path, max_bytes: int | None = None, source: str = "the object") -> Path:
+    """A GetObject response's body into ``path``, streamed. With ``max_bytes``, the body is cut
+    off and :class:`ObjectTooLarge` (naming ``source``) raised once it passes the cap, whatever
+    size the listing showed (the object may have been replaced since)."""
+    body = response["Body"]
     written = 0
     try:
         with path.open("wb") as out:
             for chunk in body.iter_chunks(1024 * 1024):
                 written += len(chunk)
                 if max_bytes is not None and written > max_bytes:
-                    raise ObjectTooLarge(f"s3://{bucket}/{key} is over the {max_bytes}-byte limit")
+                    raise ObjectTooLarge(f"{source} is over the {max_bytes}-byte limit")
                 out.write(chunk)
     finally:
         body.close()
     return path
 
 
-def read_text(client: BaseClient, bucket: str, key: str) -> str:
-    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+def read_body(response: dict[str, Any]) -> bytes:
+    body = response["Body"]
     try:
-        return body.read().decode("utf-8")
+        return body.read()
     finally:
         body.close()
 
 
-def put_text(client: BaseClient, bucket: str, key: str, text: str, content_type: str = "text/plain; charset=utf-8") -> str:
-    """Store ``text`` (UTF-8) at ``key``; the new object's ETag."""
-    return client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)["ETag"]
+def download_file(client: BaseClient, bucket: str, key: str, path: Path, max_bytes: int | None = None) -> Path:
+    """``key`` into ``path`` in one GET, cut off at ``max_bytes`` (see :func:`save_body`)."""
+    return save_body(get_object(client, bucket, key), path, max_bytes, f"s3://{bucket}/{key}")
 
 
-def upload_file(client: BaseClient, bucket: str, key: str, path: Path, content_type: str) -> None:
+def read_text(client: BaseClient, bucket: str, key: str) -> str:
+    return read_body(get_object(client, bucket, key)).decode("utf-8")
+
+
+def put_object(client: BaseClient, bucket: str, key: str, body: bytes | BinaryIO, content_type: str,
+               metadata: dict[str, str] | None = None, if_match: str | None = None,
+               create_only: bool = False) -> str:
+    """One PUT; the new object's ETag. ``create_only``: only if ``key`` does not exist (If-None-Match:
+    ``*``); ``if_match``: only if ``key`` is still that version (compare-and-swap). Either failing
+    raises :class:`ObjectChanged` and writes nothing; S3, R2 and MinIO decide it atomically."""
+    extra: dict[str, Any] = {"Metadata": metadata or {}}
+    if if_match is not None:
+        extra["IfMatch"] = if_match
+    if create_only:
+        extra["IfNoneMatch"] = "*"
+    with _changes_raised():
+        return client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, **extra)["ETag"]
+
+
+def put_text(client: BaseClient, bucket: str, key: str, text: str, content_type: str = "text/plain; charset=utf-8",
+             **conditions: Any) -> str:
+    """Store ``text`` (UTF-8) at ``key``; the new object's ETag. ``conditions``: as :func:`put_object`."""
+    return put_object(client, bucket, key, text.encode("utf-8"), content_type, **conditions)
+
+
+def upload_file(client: BaseClient, bucket: str, key: str, path: Path, content_type: str, **conditions: Any) -> str:
     """One PUT, not a multipart upload: S3 makes the object visible only once the whole body has
     arrived, so a connection lost mid-upload leaves no partial object and no orphaned parts
-    (a multipart upload whose abort also fails would). Outputs are far below the 5 GB PUT limit."""
+    (a multipart upload whose abort also fails would). Outputs are far below the 5 GB PUT limit.
+    ``conditions``: as :func:`put_object`. The new object's ETag."""
     with path.open("rb") as body:
-        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+        return put_object(client, bucket, key, body, content_type, **conditions)
 
 
 def delete_objects(client: BaseClient, bucket: str, keys: list[str]) -> None:
@@ -117,6 +176,12 @@ def delete_objects(client: BaseClient, bucket: str, keys: list[str]) -> None:
     if response.get("Errors"):
         error = response["Errors"][0]
         raise ClientError({"Error": {"Code": error.get("Code"), "Message": error.get("Message")}}, "DeleteObjects")
+
+
+def delete_object(client: BaseClient, bucket: str, key: str, if_match: str | None = None) -> None:
+    """Delete ``key``; with ``if_match``, only that version (else :class:`ObjectChanged`)."""
+    with _changes_raised():
+        client.delete_object(Bucket=bucket, Key=key, **({"IfMatch": if_match} if if_match is not None else {}))
 
 
 def presigned_url(client: BaseClient, bucket: str, key: str,

@@ -110,3 +110,27 @@ def test_upload_is_one_put_without_multipart(s3, bucket_env, tmp_path):
     assert s3.head_object(Bucket=bucket, Key="outputs/big.bin")["ContentLength"] == src.stat().st_size
     assert "-" not in s3.head_object(Bucket=bucket, Key="outputs/big.bin")["ETag"]  # multipart ETags end in -N
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_conditional_reads_and_writes(s3, bucket_env):
+    """If-Match on GET, create-only and compare-and-swap PUTs, If-Match on DELETE: a failed
+    condition is ObjectChanged and writes nothing."""
+    from f5worker import s3 as s3_lib
+
+    bucket = bucket_env["BUCKET_NAME"]
+    first = s3_lib.put_text(s3, bucket, "k.txt", "one", create_only=True, metadata={"voice-pair": "p1"})
+    with pytest.raises(s3_lib.ObjectChanged):
+        s3_lib.put_text(s3, bucket, "k.txt", "two", create_only=True)
+    response = s3_lib.get_object(s3, bucket, "k.txt", if_match=first)
+    assert s3_lib.read_body(response) == b"one" and response["Metadata"] == {"voice-pair": "p1"}
+    second = s3_lib.put_text(s3, bucket, "k.txt", "two", if_match=first)
+    for stale in (lambda: s3_lib.put_text(s3, bucket, "k.txt", "three", if_match=first),
+                  lambda: s3_lib.get_object(s3, bucket, "k.txt", if_match=first),
+                  lambda: s3_lib.delete_object(s3, bucket, "k.txt", if_match=first),
+                  lambda: s3_lib.get_object(s3, bucket, "gone.txt")):
+        with pytest.raises(s3_lib.ObjectChanged):
+            stale()
+    assert s3_utils.read_text(s3, bucket, "k.txt") == "two"
+    assert s3_lib.read_body(s3_lib.get_object(s3, bucket, "k.txt", first_bytes=2)) == b"tw"
+    s3_lib.delete_object(s3, bucket, "k.txt", if_match=second)
+    assert not s3_utils.check_s3_object_exists(s3, bucket, "k.txt")
