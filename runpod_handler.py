@@ -17,9 +17,10 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
+from f5worker.engine.scheduler import max_concurrency
 from f5worker.model_files import ModelConfigError, ModelFilesCorrupt, ModelFilesMissing, ModelLoadFailed
 from f5worker.pipeline import Progress, Worker
 from f5worker.settings import Settings, SettingsError, load_settings
@@ -94,6 +95,13 @@ def start_up(settings: Settings) -> Worker:
     return worker
 
 
+def concurrency_modifier(settings: Settings, device: str) -> Callable[[int], int]:
+    """RunPod's ``concurrency_modifier``: how many jobs this worker takes at once, ``MAX_CONCURRENCY``
+    or the default for ``device``. Concurrent jobs' chunks share the model's scheduler."""
+    limit = settings.engine.max_concurrency or max_concurrency(None, device)
+    return lambda _current: limit
+
+
 def cannot_start(err: Exception) -> NoReturn:
     """Log why and exit non-zero with ``cannot start: <why>`` on stderr, no traceback."""
     log.error("cannot start: %s", err)
@@ -118,11 +126,17 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     import runpod
 
-    if settings.streaming:
-        # /run and /runsync then get the list of everything yielded: audio items, then the result
-        runpod.serverless.start({"handler": stream_handler, "return_aggregate_stream": True})
-    else:
-        runpod.serverless.start({"handler": handler})
+    concurrency = concurrency_modifier(settings, WORKER.model.device)
+    log.info("taking up to %d jobs at once", concurrency(0))
+    try:
+        if settings.streaming:
+            # /run and /runsync then get the list of everything yielded: audio items, then the result
+            runpod.serverless.start({"handler": stream_handler, "return_aggregate_stream": True,
+                                     "concurrency_modifier": concurrency})
+        else:
+            runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency})
+    finally:
+        WORKER.model.close()
 
 
 if __name__ == "__main__":

@@ -34,11 +34,13 @@ from f5worker.contract import (
     parse_job,
 )
 from f5worker.delivery import AudioStream, Delivered, Emit, Outbox, TextOutput
+from f5worker.engine.memory import OUT_OF_MEMORY, release_memory
+from f5worker.engine.scheduler import QueueFull
 from f5worker.formats import SAMPLE_RATE
 from f5worker.settings import Settings
 from f5worker.storage import BucketSettings, S3Limits, is_true, make_job_dir, scratch_root
 from f5worker.timings import Timings
-from f5worker.tts_model import OUT_OF_MEMORY, TTSModel, release_memory
+from f5worker.tts_model import TTSModel
 from f5worker.voices import VoiceError, VoiceLibrary
 
 log = logging.getLogger("f5tts.worker")
@@ -67,7 +69,7 @@ class Worker:
         bucket, cache, allow_download = settings.bucket, settings.cache, not settings.offline
         client = s3.make_client(bucket, settings.s3) if bucket.configured else None
         model = TTSModel.load(settings.model, cache.hub_cache, allow_download,
-                              fallbacks=cache.fallback_caches, half_dir=cache.half_weights)
+                              fallbacks=cache.fallback_caches, half_dir=cache.half_weights, engine=settings.engine)
         asr = (SpeechRecognizer(settings.asr, cache.hub_cache, allow_download, fallbacks=cache.fallback_caches)
                if settings.asr.enabled else None)
         voices = VoiceLibrary(client, bucket, recognizer=asr, limits=settings.jobs)
@@ -110,6 +112,9 @@ class Worker:
         except CLIENT_ERRORS as err:
             log.info("job %s rejected: %s", job_id, err)
             return {"error": str(err)}
+        except QueueFull as err:
+            log.warning("job %s refused: %s", job_id, err)
+            return {"error": f"busy: {err}" + ("; retry later" if err.items <= err.limit else "")}
         except (ClientError, BotoCoreError) as err:
             log.warning("job %s: S3 error: %s", job_id, err)
             return {"error": s3.describe_error(err, self.bucket.name)}

@@ -29,6 +29,7 @@ from f5worker.storage import TRUE_WORDS, BucketSettings, CachePaths, S3Limits, a
 RUNPOD_LOG_LEVELS = ("NOTSET", "TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 FALSE_WORDS = ("0", "false", "no", "off")
 PRESIGN_MAX_S = 7 * 24 * 3600  # S3 refuses a SigV4 presigned URL valid for longer than a week
+CONCURRENCY_LIMIT = 64  # most jobs one worker takes at once (MAX_CONCURRENCY)
 
 Number = TypeVar("Number", int, float)
 
@@ -40,6 +41,19 @@ class SettingsError(ValueError):
         super().__init__(f"{variable}: {why}")
         self.variable = variable
         self.why = why
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """The synthesis engine's limits (``f5worker.engine.scheduler``): items per batched forward
+    pass, items waiting before a job is refused as busy, and jobs one worker takes at once."""
+
+    max_batch: int = 8  # ENGINE_MAX_BATCH
+    max_queue: int = 256  # ENGINE_MAX_QUEUE
+    max_concurrency: int | None = None  # MAX_CONCURRENCY; None: sized for the device (scheduler.max_concurrency)
+
+
+DEFAULT_ENGINE = EngineLimits()
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,7 @@ class Settings:
     streaming: bool  # STREAMING: the generator handler
     log_level: str  # LOG_LEVEL, a ``logging`` level name
     runpod_log_level: str  # RUNPOD_LOG_LEVEL, the SDK's; INFO, not the SDK's DEBUG, which logs every job's output
+    engine: EngineLimits
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -86,6 +101,11 @@ class Settings:
             streaming=is_true(env.get("STREAMING")),
             log_level=_choice(env, "LOG_LEVEL", "INFO", tuple(logging.getLevelNamesMapping())),
             runpod_log_level=_choice(env, "RUNPOD_LOG_LEVEL", "INFO", RUNPOD_LOG_LEVELS),
+            engine=EngineLimits(
+                max_batch=_positive(env, "ENGINE_MAX_BATCH", EngineLimits.max_batch),
+                max_queue=_positive(env, "ENGINE_MAX_QUEUE", EngineLimits.max_queue),
+                max_concurrency=_positive(env, "MAX_CONCURRENCY", 0, CONCURRENCY_LIMIT) or None,
+            ),
         )
 
 

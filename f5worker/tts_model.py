@@ -3,7 +3,8 @@
 Loading and the maths are upstream's (``f5_tts.infer.utils_infer``); this module decides the
 device, where the files come from, and holds the one instance the worker uses. Loading imports
 neither ``utils_infer`` (transformers, matplotlib) nor ``f5_tts.model``'s package (its trainer:
-wandb, datasets): the model's modules come from ``engine.upstream.f5_model``.
+wandb, datasets): the model's modules come from ``engine.upstream.f5_model``. Synthesis goes
+through the engine: one ``Scheduler`` per model batches every job's chunks into ``Sampler`` calls.
 
 Cold start (``bench/cold_start.py``, BENCHMARKS.md) is cut without changing a weight: the
 weight files are read into the page cache by a thread while the main thread spends seconds
@@ -16,7 +17,6 @@ where upstream computes in fp16 (CUDA), a half-precision copy written once at pr
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import pickle
@@ -33,10 +33,13 @@ from safetensors import SafetensorError
 
 from f5worker import chunking
 from f5worker.contract import SynthesisParams
+from f5worker.engine.sampler import Sampler, WorkItem
+from f5worker.engine.scheduler import Scheduler
 from f5worker.engine.upstream import f5_model
 from f5worker.formats import SAMPLE_RATE
 from f5worker.model_cache import IncompleteFile, resolve_model, verify_complete
 from f5worker.model_files import ModelFilesCorrupt, ModelLoadFailed, ModelSources, ResolvedModel
+from f5worker.settings import DEFAULT_ENGINE, EngineLimits
 from f5worker.timings import Timings
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,6 @@ log = logging.getLogger(__name__)
 MEL_SPEC = {"n_fft": 1024, "hop_length": 256, "win_length": 1024, "n_mel_channels": 100,
             "target_sample_rate": SAMPLE_RATE, "mel_spec_type": "vocos"}
 ODE_METHOD = "euler"
-OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
 # What the loaders raise when a file's bytes are not a model file: a damaged safetensors header, pickle
 # stream, zip archive, YAML config or vocab; an empty file. Not what they raise when the machine fails them.
 DESERIALISATION_ERRORS = (SafetensorError, pickle.UnpicklingError, EOFError, yaml.YAMLError, UnicodeDecodeError)
@@ -228,16 +230,19 @@ def _incomplete(path: Path) -> bool:
 
 
 class TTSModel:
-    """One loaded F5-TTS + vocoder. ``synthesize`` is serialised: the model is not re-entrant,
-    and the seed is global RNG state."""
+    """One loaded F5-TTS + vocoder. ``synthesize`` may be called from several threads (jobs) at
+    once: their chunks go through one :class:`Scheduler`, whose one thread runs the model."""
 
-    def __init__(self, model: torch.nn.Module, vocoder: torch.nn.Module, device: str, resolved: ResolvedModel):
+    def __init__(self, model: torch.nn.Module, vocoder: torch.nn.Module, device: str, resolved: ResolvedModel,
+                 engine: EngineLimits = DEFAULT_ENGINE):
         self.model = model
         self.vocoder = vocoder
         self.device = device
         self.resolved = resolved
+        self.engine = engine
         self.load_ms: dict[str, float] = {}  # where the start-up went, for logs and bench/
-        self._lock = threading.Lock()
+        self._scheduler: Scheduler | None = None
+        self._scheduler_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -248,12 +253,13 @@ class TTSModel:
         device: str | None = None,
         fallbacks: Sequence[Path] = (),
         half_dir: Path | None = None,
+        engine: EngineLimits = DEFAULT_ENGINE,
     ) -> TTSModel:
         """Load the model and vocoder (``load_f5``/``load_vocos``), reading the weights while
         f5-tts is imported.
 
         ``half_dir``: where ``write_half_precision_copy`` stores fp16 copies; one is used only
-        where upstream computes in fp16 (see ``weights_file``).
+        where upstream computes in fp16 (see ``weights_file``). ``engine``: the scheduler's limits.
         """
         timings = Timings()
         device = device or pick_device()
@@ -271,15 +277,15 @@ class TTSModel:
         with timings.measure("vocoder"):
             try:
                 vocoder = load_vocos(resolved.vocoder_dir, device)
-            except Exception as err:  # noqa: BLE001 - classified: corrupt files or a machine that cannot load them
+            except Exception as err:  # classified: corrupt files or a machine that cannot load them
                 raise load_error("the vocoder", sorted(resolved.vocoder_dir.iterdir()), device, err) from err
         with timings.measure("model"):
             try:
                 model = load_f5(getattr(f5, resolved.backbone), resolved.arch, checkpoint, resolved.vocab, device)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 files = [checkpoint, *([resolved.vocab] if resolved.vocab else [])]
                 raise load_error(f"the {resolved.name} model", files, device, err) from err
-        instance = cls(model, vocoder, device, resolved)
+        instance = cls(model, vocoder, device, resolved, engine)
         instance.load_ms = {**timings.report(), "prefetch": round(prefetch.seconds * 1000, 2)}
         log.info(
             "loaded %s (%s) from %s with the vocoder from %s on %s in %.2fs (%s)",
@@ -294,49 +300,47 @@ class TTSModel:
         positions = getattr(self.model.transformer.text_embed, "precompute_max_pos", None)
         return chunking.plan(text, chunking.Budget(reference_s, ref_text, speed, positions))
 
+    @property
+    def scheduler(self) -> Scheduler:
+        """The one scheduler every job's chunks go through, started on first use."""
+        with self._scheduler_lock:
+            if self._scheduler is None:
+                sampler = Sampler(self.model, self.vocoder, self.device)
+                self._scheduler = Scheduler(sampler.sample, self.engine.max_batch, self.engine.max_queue)
+            return self._scheduler
+
+    def close(self) -> None:
+        """Stop the scheduler: the running batch finishes, items not started fail."""
+        with self._scheduler_lock:
+            scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.close()
+
     def synthesize(self, ref_audio: torch.Tensor, ref_text: str, chunks: list[str], params: SynthesisParams,
                    on_chunk: ChunkCallback | None = None) -> np.ndarray:
         """Speech for ``chunks`` (from :meth:`plan`) in the voice of ``ref_audio`` (mono, 24 kHz,
         shape ``(1, n)``), joined with upstream's cross-fade.
 
-        Chunks run one after another (upstream runs them in a thread pool), so ``on_chunk(i, n,
-        audio)`` can report each as soon as it is done, with the part of the audio that no later
-        cross-fade can change, and the seed fixes the whole job's noise whatever the chunk count.
-        The returned wave is those parts concatenated.
+        All the chunks go to the scheduler at once (raising ``QueueFull`` if they do not fit), to
+        be batched with each other and with other jobs' chunks; each chunk's noise comes from
+        ``(seed, its position)``, so the audio does not depend on what it was batched with.
+        ``on_chunk(i, n, audio)`` reports each in order as soon as it and those before it are
+        done, with the part of the audio that no later cross-fade can change. The returned wave
+        is those parts concatenated.
         """
-        from f5_tts.infer.utils_infer import infer_batch_process
-        from f5_tts.model.utils import seed_everything
-
         if isinstance(chunks, str):  # a str is a sequence too: one chunk per character
             raise TypeError("synthesize takes the chunks from plan(), not the text")
+        items = [WorkItem(ref_audio, ref_text, chunk, params, index) for index, chunk in enumerate(chunks)]
         fader = CrossFader(int(params.cross_fade_duration * SAMPLE_RATE))
         parts: list[np.ndarray] = []
-        with self._lock:
-            seed_everything(params.seed)
-            for index, chunk in enumerate(chunks, start=1):
-                wave, _, _ = next(
-                    infer_batch_process(
-                        (ref_audio, SAMPLE_RATE),
-                        ref_text,
-                        [chunk],
-                        self.model,
-                        self.vocoder,
-                        mel_spec_type="vocos",
-                        progress=None,
-                        nfe_step=params.nfe_step,
-                        cfg_strength=params.cfg_strength,
-                        sway_sampling_coef=params.sway_sampling_coef,
-                        speed=params.speed,
-                        device=self.device,
-                    )
-                )
-                ready = fader.push(wave)
-                if index == len(chunks):
-                    ready = np.concatenate([ready, fader.finish()])
-                part = np.asarray(ready, dtype=np.float32)
-                parts.append(part)
-                if on_chunk is not None:
-                    on_chunk(index, len(chunks), part)
+        for index, wave in enumerate(self.scheduler.results(items), start=1):
+            ready = fader.push(wave)
+            if index == len(chunks):
+                ready = np.concatenate([ready, fader.finish()])
+            part = np.asarray(ready, dtype=np.float32)
+            parts.append(part)
+            if on_chunk is not None:
+                on_chunk(index, len(chunks), part)
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
@@ -368,12 +372,4 @@ class CrossFader:
     def finish(self) -> np.ndarray:
         held, self._held = self._held, None
         return held if held is not None else np.zeros(0, dtype=np.float32)
-
-
-def release_memory() -> None:
-    """After an out-of-memory error: collect what the failed job left (tensors held by reference
-    cycles) and hand the CUDA allocator's cached blocks back, so the next job starts clean."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 

@@ -314,10 +314,11 @@ class OutOfMemoryOnce:
 
 
 def test_out_of_memory_frees_memory_and_the_next_job_runs(make_worker, bucket_env, scratch, monkeypatch):
-    from f5worker import pipeline, tts_model
+    from f5worker import pipeline
+    from f5worker.engine import memory
 
     released = []
-    monkeypatch.setattr(pipeline, "release_memory", lambda: released.append(tts_model.release_memory()))
+    monkeypatch.setattr(pipeline, "release_memory", lambda: released.append(memory.release_memory()))
     worker = make_worker(bucket_env)
     worker.model = OutOfMemoryOnce(worker.model)
     failed = worker.run({"id": "oom", "input": job(voice="alice")["input"]})

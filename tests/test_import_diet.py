@@ -31,10 +31,17 @@ from f5worker.tts_model import TTSModel
 loaded = TTSModel.load(ModelSources.from_env(os.environ), Path(sys.argv[1]), allow_download=False, device="cpu")
 modules = sorted(sys.modules)
 torch.save({"model": loaded.model, "vocoder": loaded.vocoder}, sys.argv[2])
+from f5worker.contract import SynthesisParams
+ref_text = "Some call me nature, others call me mother nature."
+chunks = loaded.plan(1.0, ref_text, "A first job.", 1.0)
+wave = loaded.synthesize(torch.randn(1, 24000) * 0.1, ref_text, chunks, SynthesisParams(nfe_step=2))
+after_synthesis = sorted(sys.modules)
+loaded.close()
 import f5_tts.model  # the real package, its __init__ taking the modules already loaded
 from f5worker.engine.upstream import f5_model
 same = all(getattr(f5_tts.model, name) is getattr(f5_model(), name) for name in ("CFM", "DiT", "UNetT", "MMDiT"))
-print(json.dumps({"modules": modules, "package_takes_them": same}))
+print(json.dumps({"modules": modules, "after_synthesis": after_synthesis, "samples": len(wave),
+                  "package_takes_them": same}))
 """
 
 
@@ -54,6 +61,13 @@ def test_loading_imports_neither_utils_infer_nor_the_trainer(fresh_load):
     assert {"torch", "vocos", "f5_tts.model.cfm", "f5_tts.model.backbones.dit"} <= set(report["modules"])
     assert [name for name in NOT_AT_READY if name in report["modules"]] == []
     assert report["package_takes_them"]
+
+
+@pytest.mark.process
+def test_a_synthesis_imports_neither_utils_infer_nor_the_trainer(fresh_load):
+    report, _ = fresh_load
+    assert report["samples"] > 0
+    assert [name for name in NOT_AT_READY if name in report["after_synthesis"]] == []
 
 
 @pytest.mark.process

@@ -15,7 +15,7 @@ import pytest
 import validate_storage_config as v
 from f5worker.contract import InputError, JobLimits, parse_job
 from f5worker.model_files import AsrSettings, ModelSources
-from f5worker.settings import RUNPOD_LOG_LEVELS, Settings, SettingsError
+from f5worker.settings import RUNPOD_LOG_LEVELS, EngineLimits, Settings, SettingsError
 from f5worker.storage import BucketSettings, CachePaths, S3Limits
 from tests.support.bucket import BUCKET_ENV_KEYS
 from tests.support.env_vars import env_vars_read_by_code
@@ -24,7 +24,8 @@ from tests.support.paths import ROOT
 MODULES = sorted(p for p in [*ROOT.glob("*.py"), *(ROOT / "f5worker").glob("*.py")])
 PARSED = ("MAX_TEXT_CHARS", "MAX_TEXTS", "VOICE_MAX_BYTES", "VOICE_MAX_SECONDS", "S3_CONNECT_TIMEOUT_S",
           "S3_READ_TIMEOUT_S", "S3_MAX_ATTEMPTS", "S3_PRESIGN_EXPIRES_S", "F5TTS_WARMUP", "LOG_LEVEL",
-          "RUNPOD_LOG_LEVEL", "STREAMING", "HF_HUB_OFFLINE")  # by settings.py itself, not by a tier's from_env
+          "RUNPOD_LOG_LEVEL", "STREAMING", "HF_HUB_OFFLINE", "ENGINE_MAX_BATCH", "ENGINE_MAX_QUEUE",
+          "MAX_CONCURRENCY")  # by settings.py itself, not by a tier's from_env
 
 
 def test_defaults_are_the_documented_ones():
@@ -38,6 +39,7 @@ def test_defaults_are_the_documented_ones():
     assert s.bucket == BucketSettings.from_env({}) and not s.bucket.configured
     assert s.model == ModelSources.from_env({}) and s.model.name == "F5TTS_v1_Base"
     assert s.asr == AsrSettings.from_env({}) and not s.asr.enabled
+    assert s.engine == EngineLimits(max_batch=8, max_queue=256, max_concurrency=None)
     # an empty number or choice is unset, as RunPod passes a template's blank optional fields
     assert Settings.from_env(dict.fromkeys(PARSED, "")) == s
 
@@ -50,6 +52,8 @@ def test_values_are_parsed():
     assert numbers == (32, 12.5, 1, 604800)
     assert (s.log_level, s.runpod_log_level, s.warm_up, s.streaming, s.offline) == ("DEBUG", "WARN", "1", True, True)
     assert Settings.from_env({"F5TTS_WARMUP": "off"}).warm_up == "0"
+    engine = Settings.from_env({"ENGINE_MAX_BATCH": "4", "ENGINE_MAX_QUEUE": "32", "MAX_CONCURRENCY": "64"}).engine
+    assert engine == EngineLimits(max_batch=4, max_queue=32, max_concurrency=64)
 
 
 @pytest.mark.parametrize(("variable", "value", "why"), [
@@ -73,6 +77,10 @@ def test_values_are_parsed():
     ("F5TTS_CKPT_FILE", "hf://owner/repo", "'hf://owner/repo' is not of the form hf://owner/repo/path"),
     ("F5TTS_MODEL_CONFIG", "hf://owner//config.yaml", "'hf://owner//config.yaml' is not of the form hf://owner/repo/path"),
     ("F5TTS_VOCAB_FILE", "hf:///repo/vocab.txt", "'hf:///repo/vocab.txt' is not of the form hf://owner/repo/path"),
+    ("ENGINE_MAX_BATCH", "0", "must be greater than 0, not '0'"),
+    ("ENGINE_MAX_QUEUE", "many", "must be an integer, not 'many'"),
+    ("MAX_CONCURRENCY", "65", "must be at most 64, not '65'"),
+    ("MAX_CONCURRENCY", "0", "must be greater than 0, not '0'"),
     ("ASR_MODEL", "a/b/c", "'a/b/c' is not a Hugging Face repo id of the form owner/name"),
 ])
 def test_a_bad_value_is_one_error_naming_the_variable(variable: str, value: str, why: str):
@@ -111,8 +119,11 @@ def test_the_worker_built_from_settings_applies_every_limit(bucket_env, scratch)
 
     settings = Settings.from_env({**os.environ, **bucket_env, "F5TTS_WARMUP": "0", "S3_CONNECT_TIMEOUT_S": "3",
                                   "S3_READ_TIMEOUT_S": "7", "S3_MAX_ATTEMPTS": "2", "S3_PRESIGN_EXPIRES_S": "600",
-                                  "MAX_TEXTS": "2", "VOICE_MAX_BYTES": "1000"})
+                                  "MAX_TEXTS": "2", "VOICE_MAX_BYTES": "1000", "ENGINE_MAX_BATCH": "3",
+                                  "ENGINE_MAX_QUEUE": "5"})
     worker = Worker.from_settings(settings)
+    scheduler = worker.model.scheduler
+    assert (scheduler.max_batch, scheduler.max_queue) == (3, 5)
     config = worker.s3.meta.config
     assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == (3, 7, 2)
     fast = {"nfe_step": 2, "seed": 1}
@@ -121,6 +132,7 @@ def test_the_worker_built_from_settings_applies_every_limit(bucket_env, scratch)
     assert "over the 1000-byte limit" in alice["error"]
     result = worker.run({"id": "c", "input": {"text": "Hi.", **fast}})
     assert "X-Amz-Expires=600" in result["audio_url"], result
+    worker.model.close()
 
 
 @pytest.mark.parametrize(("bad", "message"), [

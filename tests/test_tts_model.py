@@ -76,6 +76,7 @@ def test_synthesis_is_bit_identical_to_upstream_loaded_model(tiny_model: TTSMode
     chunks = tiny_model.plan(ref.duration_s, ref.text, "Loading must not change a sample.", params.speed)
     a = tiny_model.synthesize(ref.audio, ref.text, chunks, params)
     b = theirs.synthesize(ref.audio, ref.text, chunks, params)
+    theirs.close()
     assert a.shape == b.shape and np.array_equal(a, b)
 
 

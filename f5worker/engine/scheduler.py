@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from f5worker.engine.memory import OUT_OF_MEMORY, release_memory
 from f5worker.engine.sampler import WorkItem, batch_key
-from f5worker.tts_model import OUT_OF_MEMORY, release_memory
+from f5worker.settings import CONCURRENCY_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ SampleFn = Callable[[list[WorkItem]], list[np.ndarray]]  # one batched call: one
 DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_QUEUE = 1024  # items: a long job at speed 0.25 is about 100 chunks
 DEFAULT_GPU_CONCURRENCY = 8  # concurrent RunPod jobs on a GPU: their chunks fill a default batch
-CONCURRENCY_LIMIT = 64
 
 
 class QueueFull(RuntimeError):
