@@ -48,9 +48,15 @@ class EngineLimits:
     """The synthesis engine's limits (``f5worker.engine.scheduler``): items per batched forward
     pass, items waiting before a job is refused as busy, and jobs one worker takes at once."""
 
-    max_batch: int = 8  # ENGINE_MAX_BATCH
+    # ENGINE_MAX_BATCH; None: sized for the device (EngineLimits.batch_for): 8 on CUDA, 1 on CPU, where a
+    # padded, masked batch measured slower than the same chunks one by one (BENCHMARKS.md section 7)
+    max_batch: int | None = None
     max_queue: int = 256  # ENGINE_MAX_QUEUE
     max_concurrency: int | None = None  # MAX_CONCURRENCY; None: sized for the device (scheduler.max_concurrency)
+
+    def batch_for(self, device: str) -> int:
+        """The batch limit on ``device``: ``max_batch`` when set, else 8 on CUDA and 1 on CPU."""
+        return self.max_batch or (8 if device.startswith("cuda") else 1)
 
 
 DEFAULT_ENGINE = EngineLimits()
@@ -102,7 +108,7 @@ class Settings:
             log_level=_choice(env, "LOG_LEVEL", "INFO", tuple(logging.getLevelNamesMapping())),
             runpod_log_level=_choice(env, "RUNPOD_LOG_LEVEL", "INFO", RUNPOD_LOG_LEVELS),
             engine=EngineLimits(
-                max_batch=_positive(env, "ENGINE_MAX_BATCH", EngineLimits.max_batch),
+                max_batch=_positive(env, "ENGINE_MAX_BATCH", 0) or None,
                 max_queue=_positive(env, "ENGINE_MAX_QUEUE", EngineLimits.max_queue),
                 max_concurrency=_positive(env, "MAX_CONCURRENCY", 0, CONCURRENCY_LIMIT) or None,
             ),

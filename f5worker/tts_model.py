@@ -306,7 +306,7 @@ class TTSModel:
         with self._scheduler_lock:
             if self._scheduler is None:
                 sampler = Sampler(self.model, self.vocoder, self.device)
-                self._scheduler = Scheduler(sampler.sample, self.engine.max_batch, self.engine.max_queue)
+                self._scheduler = Scheduler(sampler.sample, self.engine.batch_for(self.device), self.engine.max_queue)
             return self._scheduler
 
     def close(self) -> None:

@@ -32,7 +32,7 @@ class ProgressRecorder:
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 parts = urlsplit(self.path)
                 recorder.posts.append((parts.path, parts.query, json.loads(body)))
@@ -124,7 +124,8 @@ def test_classic_worker_features(start_worker, bucket_env, s3, recorder):
 
     queued = worker.post("/run", {"input": {"texts": ["First.", "Second one."], "voice": "erin", **FAST}})
     status = worker.post(f"/status/{queued['id']}")
-    assert [o["audio_key"] for o in status["output"]["outputs"]] == [f"outputs/{queued['id']}-{i}.wav" for i in range(2)]
+    keys = [o["audio_key"] for o in status["output"]["outputs"]]
+    assert keys == [f"outputs/{queued['id']}-{i}.wav" for i in range(2)]
     assert status["output"]["voice_cached"] is True  # prepared once, by the OpenAI job above
 
     deleted = worker.post("/runsync", {"input": {"action": "delete_voice", "name": "erin"}})

@@ -12,18 +12,25 @@ import numpy as np
 import pytest
 
 from f5worker.asr import SpeechRecognizer
-from f5worker.model_files import ASR_FILES, DEFAULT_ASR_MODEL, AsrSettings, asr_file_refs
-from f5worker.model_files import ModelConfigError, ModelFilesMissing
+from f5worker.model_files import (
+    ASR_FILES,
+    DEFAULT_ASR_MODEL,
+    AsrSettings,
+    ModelConfigError,
+    ModelFilesMissing,
+    asr_file_refs,
+)
+from f5worker.timings import Timings
 from tests.support.audio_bytes import decode, reference_wav_bytes
 from tests.support.paths import ROOT
 from tests.support.tiny_models import TINY_ENV, TINY_WHISPER_REPO
-from f5worker.timings import Timings
 
 HUB = Path(TINY_ENV["HF_HUB_CACHE"])
 
 
 def recognizer(repo: str = TINY_WHISPER_REPO) -> SpeechRecognizer:
-    return SpeechRecognizer(AsrSettings(enabled=True, repo_id=repo, language=None), HUB, allow_download=False, device="cpu")
+    settings = AsrSettings(enabled=True, repo_id=repo, language=None)
+    return SpeechRecognizer(settings, HUB, allow_download=False, device="cpu")
 
 
 def test_file_refs_only_when_enabled():

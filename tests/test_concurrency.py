@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 from f5worker.engine.sampler import Sampler, WorkItem
-from f5worker.settings import DEFAULT_ENGINE, EngineLimits, Settings
+from f5worker.settings import EngineLimits, Settings
 from f5worker.tts_model import TTSModel
 from tests.support.audio_bytes import decode
+
+BATCHED = EngineLimits(max_batch=8)  # the default on CUDA; CPU's default is 1
 
 LONG_TEXT = " ".join(["The quick brown fox jumps over the lazy dog, and then it runs away."] * 5)  # 3 chunks
 JOBS = [  # mixed lengths, voices, seeds and speeds; one nfe_step and guidance, so they can share passes
@@ -50,7 +52,7 @@ def gated(tiny_model: TTSModel, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
     made: list[TTSModel] = []
     monkeypatch.setattr(tts_model, "Sampler", GatedSampler)
 
-    def make(engine: EngineLimits = DEFAULT_ENGINE) -> TTSModel:
+    def make(engine: EngineLimits = BATCHED) -> TTSModel:
         model = TTSModel(tiny_model.model, tiny_model.vocoder, "cpu", tiny_model.resolved, engine)
         made.append(model)
         return model
@@ -108,7 +110,7 @@ def test_concurrent_jobs_get_the_audio_they_get_alone(make_worker, bucket_env, g
 
 def test_a_full_queue_refuses_a_job_at_once_and_the_next_job_runs(make_worker, gated):
     worker = make_worker({})
-    worker.model = gated(EngineLimits(max_queue=2))
+    worker.model = gated(EngineLimits(max_batch=8, max_queue=2))
     sampler = sampler_of(worker.model)
     sampler.gate.clear()
     with ThreadPoolExecutor(1) as pool:
@@ -127,7 +129,7 @@ def test_a_full_queue_refuses_a_job_at_once_and_the_next_job_runs(make_worker, g
 
 def test_a_job_larger_than_the_queue_is_refused_without_retry_later(make_worker, gated):
     worker = make_worker({})
-    worker.model = gated(EngineLimits(max_queue=2))
+    worker.model = gated(EngineLimits(max_batch=8, max_queue=2))
     result = worker.run(request("long", {"text": LONG_TEXT, "seed": 1}))
     assert result == {"error": "busy: the synthesis queue is full: this job alone has 3 items, "
                                "over the queue limit of 2"}

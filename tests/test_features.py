@@ -49,7 +49,8 @@ def test_text_over_the_limit_is_a_clear_error(make_worker):
     from f5worker import contract
 
     error = make_worker({}).run(job(text="x" * (contract.MAX_TEXT_CHARS + 1)))["error"]
-    assert error == f"input.text: is {contract.MAX_TEXT_CHARS + 1} characters, over the limit of {contract.MAX_TEXT_CHARS}"
+    limit = contract.MAX_TEXT_CHARS
+    assert error == f"input.text: is {limit + 1} characters, over the limit of {limit}"
 
 
 # ---------------------------------------------------------------- streaming
@@ -113,7 +114,7 @@ def test_texts_give_one_output_each_in_order(make_worker, bucket_env, s3):
     assert [o["index"] for o in result["outputs"]] == [0, 1, 2]
     assert [o["audio_key"] for o in result["outputs"]] == [f"outputs/multi-{i}.wav" for i in range(3)]
     assert result["timings_ms"]["prepare_reference"] > 0 and result["voice_cached"] is False
-    for i, (text, output) in enumerate(zip(texts, result["outputs"])):
+    for i, (text, output) in enumerate(zip(texts, result["outputs"], strict=True)):
         data = s3.get_object(Bucket=bucket_env["BUCKET_NAME"], Key=output["audio_key"])["Body"].read()
         single = worker.run(job(f"single-{i}", text=text, voice="alice", return_base64=True))
         assert data == b64(single)  # same seed, same maths: each output is that text's own job
@@ -144,7 +145,8 @@ def test_text_and_texts_together_is_an_error(make_worker):
 # ---------------------------------------------------------------- OpenAI input
 
 def openai(**fields) -> dict:
-    return {"id": "oa", "input": {"model": "f5-tts", "input": "Hello from an OpenAI client.", "seed": 3, "nfe_step": 4, **fields}}
+    speech = {"model": "f5-tts", "input": "Hello from an OpenAI client.", "seed": 3, "nfe_step": 4}
+    return {"id": "oa", "input": {**speech, **fields}}
 
 
 def test_openai_shape_defaults_to_mp3_like_openai(make_worker):
@@ -204,7 +206,8 @@ def test_list_voices(make_worker, bucket_env):
     by_name = {v["name"]: v for v in voices}
     assert by_name["default"]["builtin"] is True and by_name["default"]["transcript"]
     assert by_name["alice"]["transcript"] == ALICE_TEXT and by_name["alice"]["format"] == "wav"
-    assert by_name["bob"]["format"] == "flac" and by_name["bob"]["size"] == len(encode_as(reference_wav_bytes(), "FLAC", "PCM_16"))
+    assert by_name["bob"]["format"] == "flac"
+    assert by_name["bob"]["size"] == len(encode_as(reference_wav_bytes(), "FLAC", "PCM_16"))
     assert by_name["mute"]["transcript"] is None
     assert by_name["carol"]["last_modified"].startswith("20")
 
@@ -260,13 +263,17 @@ def test_delete_voice(make_worker, bucket_env, s3):
     ({"audio_base64": base64.b64encode(b"junk" * 100).decode()}, "reference audio: not decodable audio"),
     ({"transcript": ""}, "input.transcript: is empty"),
     ({"audio_base64": None, "audio_url": "http://example.com/a.wav"}, "input.audio_url: must be an https:// URL"),
-    ({"audio_base64": None, "audio_url": "https://127.0.0.1/a.wav"}, "audio_url: host '127.0.0.1' resolves to non-public address 127.0.0.1"),
+    ({"audio_base64": None, "audio_url": "https://127.0.0.1/a.wav"},
+     "audio_url: host '127.0.0.1' resolves to non-public address 127.0.0.1"),
     ({"audio_base64": None, "audio_url": "https://localhost:9/a.wav"}, "resolves to non-public address"),
-    ({"audio_base64": None, "audio_url": "https://169.254.169.254/a.wav"}, "resolves to non-public address 169.254.169.254"),
+    ({"audio_base64": None, "audio_url": "https://169.254.169.254/a.wav"},
+     "resolves to non-public address 169.254.169.254"),
     ({"extra": 1}, "input.extra: unknown field"),
 ])
+@pytest.mark.process  # a URL case imports the runpod SDK (rp_ssrf), whose py-cpuinfo starts a subprocess
 def test_upload_errors(make_worker, bucket_env, fields, expected):
-    raw = {"name": "eve", "transcript": "Hi.", "audio_base64": base64.b64encode(reference_wav_bytes()).decode(), **fields}
+    clip = base64.b64encode(reference_wav_bytes()).decode()
+    raw = {"name": "eve", "transcript": "Hi.", "audio_base64": clip, **fields}
     raw = {k: v for k, v in raw.items() if v is not None}
     assert expected in make_worker(bucket_env).run(action("upload_voice", **raw))["error"]
 

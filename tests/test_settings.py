@@ -39,7 +39,8 @@ def test_defaults_are_the_documented_ones():
     assert s.bucket == BucketSettings.from_env({}) and not s.bucket.configured
     assert s.model == ModelSources.from_env({}) and s.model.name == "F5TTS_v1_Base"
     assert s.asr == AsrSettings.from_env({}) and not s.asr.enabled
-    assert s.engine == EngineLimits(max_batch=8, max_queue=256, max_concurrency=None)
+    assert s.engine == EngineLimits(max_batch=None, max_queue=256, max_concurrency=None)
+    assert (s.engine.batch_for("cpu"), s.engine.batch_for("cuda:0")) == (1, 8)
     # an empty number or choice is unset, as RunPod passes a template's blank optional fields
     assert Settings.from_env(dict.fromkeys(PARSED, "")) == s
 

@@ -13,11 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support.bucket import ALICE_TEXT
-from tests.support.paths import ROOT
-from tests.support.tiny_models import TINY_ENV
-from f5worker.contract import SynthesisParams
 from f5worker import tts_model
+from f5worker.contract import SynthesisParams
 from f5worker.model_files import ModelFilesCorrupt, ModelLoadFailed, ModelSources
 from f5worker.tts_model import (
     Prefetch,
@@ -28,6 +25,9 @@ from f5worker.tts_model import (
     weights_file,
     write_half_precision_copy,
 )
+from tests.support.bucket import ALICE_TEXT
+from tests.support.paths import ROOT
+from tests.support.tiny_models import TINY_ENV
 
 
 def upstream_load(checkpoint: Path, tiny_model: TTSModel) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -64,8 +64,8 @@ def test_load_equals_upstream_load_model_and_load_vocoder(tiny_model: TTSModel):
 
 
 def test_synthesis_is_bit_identical_to_upstream_loaded_model(tiny_model: TTSModel, tmp_path: Path):
-    from tests.support.audio_bytes import reference_wav_bytes
     from f5worker.voices import prepare_reference
+    from tests.support.audio_bytes import reference_wav_bytes
 
     model, vocoder = upstream_load(tiny_model.resolved.checkpoint, tiny_model)
     theirs = TTSModel(model, vocoder, "cpu", tiny_model.resolved)
@@ -116,7 +116,8 @@ def test_a_machine_that_cannot_load_sound_files_does_not_call_them_corrupt(loade
 
     monkeypatch.setattr(tts_model, loader, fail)
     with pytest.raises(ModelLoadFailed) as caught:
-        TTSModel.load(ModelSources.from_env(TINY_ENV), Path(TINY_ENV["HF_HUB_CACHE"]), allow_download=False, device="cpu")
+        TTSModel.load(ModelSources.from_env(TINY_ENV), Path(TINY_ENV["HF_HUB_CACHE"]), allow_download=False,
+                      device="cpu")
     what = "the vocoder" if loader == "load_vocos" else "the tiny model"
     message = str(caught.value)
     assert message.startswith(f"cannot load {what} on cpu: {type(err).__name__}"), message
