@@ -199,14 +199,9 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace) -> None:
-    import torch
-
-    from f5worker.contract import SynthesisParams
-    from f5worker.engine.sampler import WorkItem
-    from f5worker.engine.scheduler import DEFAULT_MAX_BATCH, Scheduler
+    from f5worker.engine.scheduler import DEFAULT_MAX_BATCH
     from f5worker.model_files import ModelSources
     from f5worker.tts_model import TTSModel, pick_device
-    from f5worker.voices import builtin_voice, prepare_reference
 
     device = args.device or pick_device()
     hub = Path(os.environ["HF_HUB_CACHE"])
@@ -218,30 +213,56 @@ def measure(args: argparse.Namespace) -> None:
         if args.sampler == "engine":
             raise
         sampler, sample = "stand-in", upstream_stand_in(model)
+    max_batch = args.max_batch or DEFAULT_MAX_BATCH
+    pairs = compare(model, sample, args.concurrency, args.rounds, args.nfe, max_batch)
+    print(f"{device_name(device)}; {'tiny' if args.tiny else 'full-size F5TTS_v1_Base'} random-weight model; "
+          f"sampler: {sampler}; nfe_step {args.nfe}; max_batch {max_batch}; {args.rounds} jobs per client")
+    report(pairs)
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"CPU ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})"
+
+
+def compare(model: TTSModel, sample: SampleFn, concurrencies: list[int], rounds: int, nfe: int,
+            max_batch: int) -> list[tuple[Run, Run]]:
+    """At each concurrency: the jobs run directly one after another, then through a scheduler."""
+    import torch
+
+    from f5worker.contract import SynthesisParams
+    from f5worker.engine.sampler import WorkItem
+    from f5worker.engine.scheduler import Scheduler
+    from f5worker.voices import builtin_voice, prepare_reference
+
     reference = prepare_reference(*builtin_voice())
 
     def job(i: int) -> list[WorkItem]:
-        params = SynthesisParams(nfe_step=args.nfe, seed=i)
+        params = SynthesisParams(nfe_step=nfe, seed=i)
         chunks = model.plan(reference.duration_s, reference.text, TEXTS[i % len(TEXTS)], params.speed)
         return [WorkItem(reference.audio, reference.text, text, params, index) for index, text in enumerate(chunks)]
 
-    cuda = device.startswith("cuda")
+    cuda = model.device.startswith("cuda")
     counting = Counting(sample)
-    max_batch = args.max_batch or DEFAULT_MAX_BATCH
     direct(sample, [job(0)], 1)  # untimed warm-up
     pairs: list[tuple[Run, Run]] = []
     with Scheduler(counting, max_batch=max_batch) as scheduler:
-        for concurrency in args.concurrency:
-            jobs = [job(i) for i in range(concurrency * args.rounds)]
+        for concurrency in concurrencies:
+            jobs = [job(i) for i in range(concurrency * rounds)]
             alone = direct(sample, jobs, concurrency)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             pairs.append((alone, through_scheduler(scheduler, counting, jobs, concurrency)))
             pairs[-1][1].peak_mib = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
+    return pairs
 
-    name = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})"
-    print(f"{name}; {'tiny' if args.tiny else 'full-size F5TTS_v1_Base'} random-weight model; sampler: {sampler}; "
-          f"nfe_step {args.nfe}; max_batch {max_batch}; {args.rounds} jobs per client")
+
+def report(pairs: list[tuple[Run, Run]]) -> None:
+    from f5worker.engine.scheduler import Scheduler
+
     print("| mode | concurrency | jobs | wall s | jobs/s | audio s/s | p50 latency s | p95 latency s | mean batch "
           "| peak GPU MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -252,6 +273,12 @@ def measure(args: argparse.Namespace) -> None:
         if batched.concurrency == 1:
             line += f"; p50 latency {(pct(batched.latencies, 50) - pct(alone.latencies, 50)) * 1000:+.1f} ms vs direct"
         print(line)
+    single = next((batched for _, batched in pairs if batched.concurrency == 1), None)
+    if single is not None:
+        for _, batched in pairs[1:]:
+            print(f"- throughput at concurrency {batched.concurrency}: "
+                  f"{(batched.audio_s / batched.wall_s) / (single.audio_s / single.wall_s):.2f}x concurrency 1 "
+                  "(audio seconds per second)")
     median, p95 = handoff_ms(Scheduler)
     print(f"- the scheduler's own cost for a lone item (submit -> result, no-op sampling function): "
           f"median {median:.3f} ms, p95 {p95:.3f} ms")
