@@ -75,12 +75,12 @@ def write_hub_file(hub_cache: Path, repo_id: str, filename: str, data: bytes, re
 
 def tiny_f5_state_dict(seed: int = 0, arch: dict = TINY_ARCH) -> dict[str, torch.Tensor]:
     """A random DiT of ``arch`` inside CFM, keyed as upstream's EMA checkpoints are."""
-    from f5_tts.model import CFM, DiT
-    from f5_tts.model.utils import get_tokenizer
+    from f5worker.engine.upstream import f5_model  # not f5_tts.model's __init__: it needs the training stack
 
+    f5 = f5_model()
     torch.manual_seed(seed)
-    _, vocab_size = get_tokenizer(str(files("f5_tts").joinpath("infer/examples/vocab.txt")), "custom")
-    cfm = CFM(transformer=DiT(**arch, text_num_embeds=vocab_size, mel_dim=100))
+    _, vocab_size = f5.utils.get_tokenizer(str(files("f5_tts").joinpath("infer/examples/vocab.txt")), "custom")
+    cfm = f5.CFM(transformer=f5.DiT(**arch, text_num_embeds=vocab_size, mel_dim=100))
     return {f"ema_model.{k}": v.contiguous() for k, v in cfm.state_dict().items()}
 
 
