@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--nfe", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-mask", action="store_true",
+                        help="ablation: attention unmasked (exact here only because the items have one length)")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="f5tts-batch-scaling-"))
     try:
@@ -88,6 +90,9 @@ def measure(args: argparse.Namespace) -> None:
     model = TTSModel.load(ModelSources.from_env(os.environ), Path(os.environ["HF_HUB_CACHE"]),
                           allow_download=False, device=device)
     sampler = Sampler(model.model, model.vocoder, device)
+    if args.no_mask:
+        for block in model.model.transformer.transformer_blocks:
+            block.attn.processor.attn_mask_enabled = False
     reference = prepare_reference(*builtin_voice())
     text = model.plan(reference.duration_s, reference.text, TEXTS[1], 1.0)[0]
 
@@ -104,7 +109,8 @@ def measure(args: argparse.Namespace) -> None:
 
     sampler.sample(items(1))  # untimed: kernels, handles
     print(f"{device_name(device)}; {'tiny' if args.tiny else 'full-size F5TTS_v1_Base'} random-weight model; "
-          f"nfe_step {args.nfe}; one chunk of {len(text.encode())} bytes; median of {args.repeats}")
+          f"nfe_step {args.nfe}; attention {'unmasked' if args.no_mask else 'masked'}; "
+          f"one chunk of {len(text.encode())} bytes; median of {args.repeats}")
     print("| batch | s per pass | audio s/s | x batch 1 | device busy | vocoder share | peak GPU MiB |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     base = None
