@@ -187,7 +187,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--rounds", type=int, default=2, help="jobs per client thread at each concurrency")
     parser.add_argument("--nfe", type=int, default=32)
-    parser.add_argument("--max-batch", type=int, default=None, help="default: the scheduler's DEFAULT_MAX_BATCH")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="default: the worker's (ENGINE_MAX_BATCH: 8 on CUDA, 1 on CPU)")
     parser.add_argument("--sampler", choices=("auto", "engine", "stand-in"), default="auto")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="f5tts-bench-throughput-"))
@@ -199,8 +200,8 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace) -> None:
-    from f5worker.engine.scheduler import DEFAULT_MAX_BATCH
     from f5worker.model_files import ModelSources
+    from f5worker.settings import EngineLimits
     from f5worker.tts_model import TTSModel, pick_device
 
     device = args.device or pick_device()
@@ -213,7 +214,7 @@ def measure(args: argparse.Namespace) -> None:
         if args.sampler == "engine":
             raise
         sampler, sample = "stand-in", upstream_stand_in(model)
-    max_batch = args.max_batch or DEFAULT_MAX_BATCH
+    max_batch = args.max_batch or EngineLimits().batch_for(device)
     pairs = compare(model, sample, args.concurrency, args.rounds, args.nfe, max_batch)
     print(f"{device_name(device)}; {'tiny' if args.tiny else 'full-size F5TTS_v1_Base'} random-weight model; "
           f"sampler: {sampler}; nfe_step {args.nfe}; max_batch {max_batch}; {args.rounds} jobs per client")
