@@ -7,7 +7,7 @@ cut into chunks by ``TTSModel.plan``, submitted at once, its latency the time un
 chunk's audio. Right before, side by side, the row "direct" runs the same jobs one after
 another, each chunk a call of the sampling function alone (no scheduler, no thread): the CPU
 targets of issue 13 compare the two (8 concurrent jobs in <= 1.05x the time of the same 8
-sequentially; a lone job within 5 ms of the direct call). One untimed job warms up first. Audio
+sequentially; a lone job within 5 ms of the direct call). One untimed job per text warms up first. Audio
 seconds are the chunks' samples before the cross-fade.
 
 The sampling function: the engine's batched ``Sampler`` when it is importable, else (or with
@@ -248,7 +248,7 @@ def compare(model: TTSModel, sample: SampleFn, concurrencies: list[int], rounds:
 
     cuda = model.device.startswith("cuda")
     counting = Counting(sample)
-    direct(sample, [job(0)], 1)  # untimed warm-up
+    direct(sample, [job(i) for i in range(len(TEXTS))], 1)  # untimed: every shape once (CPU kernels are made per shape)
     pairs: list[tuple[Run, Run]] = []
     with Scheduler(counting, max_batch=max_batch) as scheduler:
         for concurrency in concurrencies:
