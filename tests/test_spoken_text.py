@@ -4,6 +4,10 @@ tiny F5-TTS, real grammars, and a recogniser whose answers the test writes."""
 from __future__ import annotations
 
 import base64
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterable
 
 import numpy as np
@@ -19,6 +23,7 @@ from f5worker.timings import Timings
 from f5worker.tts_model import PAUSE_FADE_S, fade_in, fade_out
 from f5worker.voices import VoiceLibrary
 from tests.support.audio_bytes import decode
+from tests.support.paths import ROOT
 
 FAST = {"nfe_step": 4, "seed": 3}
 FADE = int(PAUSE_FADE_S * SAMPLE_RATE)
@@ -90,6 +95,36 @@ def test_word_timings_and_subtitles_are_the_normalised_words(make_worker):
     assert [w["word"] for w in result["words"]] == ["It", "costs", "five", "dollars."]
     assert [(w["start"], w["end"]) for w in result["words"]] == [(0.1, 0.3), (0.3, 0.6), (0.6, 0.9), (0.9, 1.2)]
     assert "It costs five dollars." in result["subtitles"]
+
+
+COLD_START = """
+import json, os, sys
+import runpod_handler
+from f5worker.settings import Settings
+
+def loaded():
+    return sorted({m.split(".")[0] for m in sys.modules} & {"wetext", "kaldifst", "jiwer"})
+
+worker = runpod_handler.Worker.from_settings(Settings.from_env(os.environ))
+report = {"at_start": loaded()}
+result = worker.run({"id": "n", "input": {"text": "Take 2.", "nfe_step": 2, "seed": 1}})
+report["after_job"] = loaded()
+report["stages"] = sorted(result["timings_ms"])
+report["spoken"] = result["normalized_text"]
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.process
+def test_cold_start_reads_no_grammar_and_the_first_job_loads_them(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUCKET_", "ASR_ENABLED"))}
+    out = subprocess.run([sys.executable, "-c", COLD_START], cwd=ROOT, env={**env, "TMPDIR": str(tmp_path)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["at_start"] == []
+    assert report["after_job"] == ["kaldifst", "wetext"] and report["spoken"] == "Take two."
+    assert {"load_normalizer", "normalize"} <= set(report["stages"])
 
 
 # --- pauses ------------------------------------------------------------------------------------------
