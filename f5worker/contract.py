@@ -176,9 +176,12 @@ def parse_request(raw: dict[str, Any], limits: JobLimits = DEFAULT_LIMITS) -> Sy
         if return_word_timings or subtitles is not None:
             field = "return_word_timings" if return_word_timings else "subtitles"
             raise InputError(field, "needs the whole audio, so it cannot be combined with stream")
+    scripts = _scripts(texts, several)
+    if remove_silence and any(isinstance(part, ssml.Pause) for script in scripts for part in script):
+        raise InputError("remove_silence", "would shorten the pauses the text asks for with <break>")
     return SynthesisRequest(
         texts=texts,
-        scripts=_scripts(texts, several),
+        scripts=scripts,
         several=several,
         voice=_voice_name(raw, "voice", required=False) or DEFAULT_VOICE,
         ref_text=_text(raw, "ref_text", MAX_REF_TEXT_CHARS, required=False),

@@ -125,6 +125,8 @@ def test_pause_limits():
         parse_job({"text": f"a {many} c"})
     with pytest.raises(InputError, match=r"^input\.texts: asks for 70 s of pauses"):
         parse_job({"texts": ['a <break time="10s"/> b'] * 7})
+    with pytest.raises(InputError, match=r"^input\.remove_silence: would shorten the pauses"):
+        parse_job({"text": 'a <break time="2s"/> b', "remove_silence": True})
     with pytest.raises(InputError, match=r"^input\.texts\[1\]: has nothing to speak, only pauses"):
         parse_job({"texts": ["a", '<break time="1s"/> . <break time="1s"/>']})
 
