@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from f5worker import ssml
 from f5worker.formats import OUTPUT_FORMATS, STREAM_FORMATS, SUBTITLE_FORMATS, base64_length
 
 MAX_TEXT_CHARS = 5000  # JobLimits' defaults; settings.Settings reads the endpoint's values
@@ -36,8 +37,13 @@ NUMERIC_FIELDS: dict[str, tuple[type, float, float]] = {
     "cross_fade_duration": (float, 0.0, 2.0),
     "seed": (int, 0, SEED_MAX),
 }
+# verify: the retakes' fields, (type, low, high, default)
+VERIFY_FIELDS: dict[str, tuple[type, float, float, float]] = {
+    "max_attempts": (int, 1, 10, 3),
+    "max_wer": (float, 0.0, 1.0, 0.1),
+}
 KNOWN_FIELDS = {"text", "texts", "voice", "ref_text", "output_format", "remove_silence", "return_base64", "stream",
-                "return_word_timings", "subtitles", *NUMERIC_FIELDS}
+                "return_word_timings", "subtitles", "normalize", "verify", *NUMERIC_FIELDS, *VERIFY_FIELDS}
 OPENAI_FIELDS = {"model", "input", "response_format"}
 # OpenAI response_format -> native output_format; OpenAI's default is mp3
 OPENAI_FORMATS = {"mp3": "mp3", "opus": "ogg", "flac": "flac", "wav": "wav", "pcm": "pcm"}
@@ -81,6 +87,7 @@ class InputError(ValueError):
 @dataclass(frozen=True)
 class SynthesisRequest:
     texts: tuple[str, ...]  # one entry unless the job gave ``texts``
+    scripts: tuple[tuple[ssml.Part, ...], ...]  # each text as speech and pauses (ssml.parse)
     several: bool  # the job gave ``texts``: one output per text
     voice: str
     ref_text: str | None
@@ -91,6 +98,10 @@ class SynthesisRequest:
     stream: bool
     return_word_timings: bool
     subtitles: str | None  # a key of SUBTITLE_FORMATS
+    normalize: bool  # numbers, dates, ... written out before chunking (f5worker.normalize)
+    verify: bool  # each chunk recognised, and synthesized again while its WER is over max_wer
+    max_attempts: int  # syntheses of one chunk at most, with verify
+    max_wer: float
 
     @property
     def needs_recognition(self) -> bool:
@@ -150,6 +161,10 @@ def parse_request(raw: dict[str, Any], limits: JobLimits = DEFAULT_LIMITS) -> Sy
     if several and "text" in raw:
         raise InputError("texts", "give text or texts, not both")
     texts = _texts(raw, limits) if several else (_text(raw, "text", limits.max_text_chars, required=True),)
+    verify = _flag(raw, "verify")
+    retakes = {name: _number(raw, name, *spec[:3]) if name in raw else spec[3] for name, spec in VERIFY_FIELDS.items()}
+    if not verify and VERIFY_FIELDS.keys() & raw.keys():
+        raise InputError(min(VERIFY_FIELDS.keys() & raw.keys()), "applies to retakes: it needs verify: true")
     stream, remove_silence = _flag(raw, "stream"), _flag(raw, "remove_silence")
     if stream:
         if several:
@@ -161,8 +176,12 @@ def parse_request(raw: dict[str, Any], limits: JobLimits = DEFAULT_LIMITS) -> Sy
         if return_word_timings or subtitles is not None:
             field = "return_word_timings" if return_word_timings else "subtitles"
             raise InputError(field, "needs the whole audio, so it cannot be combined with stream")
+    scripts = _scripts(texts, several)
+    if remove_silence and any(isinstance(part, ssml.Pause) for script in scripts for part in script):
+        raise InputError("remove_silence", "would shorten the pauses the text asks for with <break>")
     return SynthesisRequest(
         texts=texts,
+        scripts=scripts,
         several=several,
         voice=_voice_name(raw, "voice", required=False) or DEFAULT_VOICE,
         ref_text=_text(raw, "ref_text", MAX_REF_TEXT_CHARS, required=False),
@@ -173,6 +192,9 @@ def parse_request(raw: dict[str, Any], limits: JobLimits = DEFAULT_LIMITS) -> Sy
         stream=stream,
         return_word_timings=return_word_timings,
         subtitles=subtitles,
+        normalize=_flag(raw, "normalize", default=True),
+        verify=verify,
+        **retakes,
     )
 
 
@@ -267,6 +289,27 @@ def _texts(raw: dict, limits: JobLimits) -> tuple[str, ...]:
     return texts
 
 
+def _scripts(texts: tuple[str, ...], several: bool) -> tuple[tuple[ssml.Part, ...], ...]:
+    """Every text as speech and pauses; unreadable markup, a text of pauses alone or too long a
+    silence is an error of that text."""
+    scripts = []
+    for index, text in enumerate(texts):
+        field = f"texts[{index}]" if several else "text"
+        try:
+            script = ssml.parse(text)
+        except ssml.MarkupError as err:
+            raise InputError(field, str(err)) from None
+        speech = ssml.speech(script)
+        if len(speech) < len(script) and not any(map(ssml.has_words, speech)):
+            raise InputError(field, "has nothing to speak, only pauses")
+        scripts.append(script)
+    total = sum(map(ssml.pause_seconds, scripts))
+    if total > ssml.MAX_PAUSES_S:
+        raise InputError("texts" if several else "text",
+                         f"asks for {total:g} s of pauses, over the limit of {ssml.MAX_PAUSES_S:g} s in all")
+    return tuple(scripts)
+
+
 def _printable(key: object) -> str:
     """An unknown field's name as it can be echoed in an error: plain names as they are, anything
     else (non-strings, control characters, lone surrogates, megabyte keys) escaped and cut short."""
@@ -308,8 +351,8 @@ def _number(raw: dict, name: str, kind: type, low: float, high: float) -> int | 
     return kind(value)
 
 
-def _flag(raw: dict, name: str) -> bool:
-    value = raw.get(name, False)
+def _flag(raw: dict, name: str, default: bool = False) -> bool:
+    value = raw.get(name, default)
     if not isinstance(value, bool):
         raise InputError(name, f"must be true or false, not {type(value).__name__}")
     return value

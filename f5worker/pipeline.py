@@ -7,10 +7,11 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import re
 import shutil
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from botocore.client import BaseClient
 from botocore.exceptions import BotoCoreError, ClientError
 
-from f5worker import audio, s3, subtitles, url_fetch
+from f5worker import audio, s3, ssml, subtitles, url_fetch, wer
 from f5worker.asr import SpeechRecognizer, Word
 from f5worker.contract import (
     DEFAULT_LIMITS,
@@ -37,6 +38,8 @@ from f5worker.delivery import AudioStream, Delivered, Emit, Outbox, TextOutput
 from f5worker.engine.memory import OUT_OF_MEMORY, release_memory
 from f5worker.engine.scheduler import QueueFull
 from f5worker.formats import SAMPLE_RATE
+from f5worker.normalize import TextNormalizer
+from f5worker.retakes import Retakes
 from f5worker.settings import Settings
 from f5worker.storage import BucketSettings, S3Limits, is_true, make_job_dir, scratch_root
 from f5worker.timings import Timings
@@ -50,6 +53,7 @@ CLIENT_ERRORS = (InputError, VoiceError, audio.AudioError)
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 Progress = Callable[[str], None]  # gets "chunk i of n"
+NON_WORD = re.compile(r"\d|[^\w\s.,!?;:'\"()-]")  # a heard word with a digit or a symbol: normalised
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Worker:
     asr: SpeechRecognizer | None = None  # None: ASR_ENABLED is off; loads Whisper on first use otherwise
     limits: JobLimits = DEFAULT_LIMITS
     presign_expires_s: int = S3Limits.presign_expires_s
+    normalizer: TextNormalizer = field(default_factory=TextNormalizer)  # loads its grammars on first use
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Worker:
@@ -169,25 +174,31 @@ class Worker:
     def _synthesize(self, job_id: str, request: SynthesisRequest, job_dir: Path, timings: Timings,
                     progress: Progress | None, emit: Emit | None) -> dict[str, Any]:
         """Every text with one prepared reference; a stream job's audio goes to ``emit`` as it is made."""
-        if request.needs_recognition and self.asr is None:
-            field = "return_word_timings" if request.return_word_timings else "subtitles"
-            raise InputError(field, "needs speech recognition, which is off on this endpoint (ASR_ENABLED)")
+        if (request.needs_recognition or request.verify) and self.asr is None:
+            name = "verify" if request.verify else "return_word_timings" if request.return_word_timings else "subtitles"
+            raise InputError(name, "needs speech recognition, which is off on this endpoint (ASR_ENABLED)")
         reference, cached = self.voices.get(request.voice, request.ref_text, job_dir, timings)
-        plans = [self.model.plan(reference.duration_s, reference.text, text, request.params.speed)
-                 for text in request.texts]
-        total = sum(map(len, plans))
+        scripts = [self._spoken(script, request.normalize, timings) for script in request.scripts]
+        plans = [self._plan(script, reference.duration_s, reference.text, request.params.speed) for script in scripts]
+        counts = [sum(isinstance(chunk, str) for chunk in chunks) for chunks in plans]
+        total = sum(counts)
         stream = AudioStream(request.output_format, emit, timings) if request.stream and emit else None
-        waves = []
-        for chunks, done in zip(plans, itertools.accumulate(map(len, plans), initial=0), strict=False):
+        waves, checks = [], []
+        for chunks, done in zip(plans, itertools.accumulate(counts, initial=0), strict=False):
             def on_chunk(index: int, _count: int, part: np.ndarray, done: int = done) -> None:
                 if progress is not None:
                     progress(f"chunk {done + index} of {total}")
                 if stream is not None:
                     stream.send(part)
 
+            retakes = self._retakes(request, timings) if request.verify else None
             with timings.measure("synthesize"):
-                wave = self.model.synthesize(reference.audio, reference.text, chunks, request.params, on_chunk)
+                wave = self.model.synthesize(reference.audio, reference.text, chunks, request.params, on_chunk,
+                                             keep=retakes.keep if retakes else None)
             waves.append(audio.shorten_silences(wave, SAMPLE_RATE) if request.remove_silence else wave)
+            checks.append({"verify": retakes.report()} if retakes else {})
+        spoken = [ssml.spoken_text(script) for script in scripts]
+        extras = [{"normalized_text": text, **check} for text, check in zip(spoken, checks, strict=True)]
         result: dict[str, Any] = {
             "format": request.output_format,
             "sample_rate": SAMPLE_RATE,
@@ -197,20 +208,46 @@ class Worker:
         }
         durations = [round(len(wave) / SAMPLE_RATE, 3) for wave in waves]
         if stream is not None:
-            result.update(duration_s=durations[0], chunks=stream.count)
+            result.update(duration_s=durations[0], chunks=stream.count, **extras[0])
         else:
-            outputs = self._outputs(job_id, request, waves, durations, job_dir, timings)
+            outputs = self._outputs(job_id, request, waves, durations, spoken, job_dir, timings)
             if request.several:
-                result["outputs"] = [{"index": i, **output.to_json()} for i, output in enumerate(outputs)]
+                result["outputs"] = [{"index": i, **output.to_json(), **extra}
+                                     for i, (output, extra) in enumerate(zip(outputs, extras, strict=True))]
             else:
-                result.update(outputs[0].to_json())
+                result.update(outputs[0].to_json(), **extras[0])
         result["timings_ms"] = timings.report()
         log.info("job %s: voice=%s format=%s audio=%ss chunks=%d", job_id, request.voice, request.output_format,
                  durations, total)
         return result
 
+    def _spoken(self, script: tuple[ssml.Part, ...], normalize: bool, timings: Timings) -> list[ssml.Part]:
+        """The script's speech as it is to be spoken (normalised unless the job said not to)."""
+        if not normalize:
+            return list(script)
+        with timings.measure("normalize"):
+            return [part if isinstance(part, ssml.Pause) else self.normalizer.normalize(part, timings)
+                    for part in script]
+
+    def _plan(self, script: list[ssml.Part], reference_s: float, ref_text: str,
+              speed: float) -> list[str | ssml.Pause]:
+        """Every speech part cut into chunks (``TTSModel.plan``), the pauses between them kept."""
+        chunks: list[str | ssml.Pause] = []
+        for part in script:
+            chunks += [part] if isinstance(part, ssml.Pause) else self.model.plan(reference_s, ref_text, part, speed)
+        return chunks
+
+    def _retakes(self, request: SynthesisRequest, timings: Timings) -> Retakes:
+        def hear(wave: np.ndarray) -> str:
+            with timings.measure("verify"):
+                heard = self.asr.transcribe(wave, SAMPLE_RATE, timings)
+            return self.normalizer.normalize(heard, timings)
+
+        return Retakes(hear, lambda text: self.normalizer.normalize(text, timings), self.model.sample,
+                       request.max_attempts, request.max_wer)
+
     def _outputs(self, job_id: str, request: SynthesisRequest, waves: list[np.ndarray], durations: list[float],
-                 job_dir: Path, timings: Timings) -> list[TextOutput]:
+                 spoken: list[str], job_dir: Path, timings: Timings) -> list[TextOutput]:
         """Every text's audio encoded and delivered, with its word timings and subtitles if asked for."""
         paths = [job_dir / f"output-{i}.{request.output_format}" for i in range(len(waves))]
         with timings.measure("encode"):
@@ -220,15 +257,19 @@ class Worker:
         delivered = outbox.audio(paths, request.output_format)
         if not request.needs_recognition:
             return [TextOutput(d, file) for d, file in zip(durations, delivered, strict=True)]
-        return [TextOutput(d, file, *self._word_timings(i, wave, request, outbox, timings))
-                for i, (d, file, wave) in enumerate(zip(durations, delivered, waves, strict=True))]
+        return [TextOutput(d, file, *self._word_timings(i, wave, text, request, outbox, timings))
+                for i, (d, file, wave, text) in enumerate(zip(durations, delivered, waves, spoken, strict=True))]
 
-    def _word_timings(self, index: int, wave: np.ndarray, request: SynthesisRequest, outbox: Outbox,
+    def _word_timings(self, index: int, wave: np.ndarray, spoken: str, request: SynthesisRequest, outbox: Outbox,
                       timings: Timings) -> tuple[list[Word] | None, Delivered | None]:
-        """``words`` and/or the subtitle file, from Whisper's recognition of the generated audio
-        (``word_timings`` includes ``load_asr`` on the job that loads the model)."""
+        """``words`` and/or the subtitle file: the words of ``spoken`` (the normalised text) at the
+        times of Whisper's words in the generated audio (``wer.retime``; ``word_timings`` includes
+        ``load_asr`` on the job that loads the model)."""
         with timings.measure("word_timings"):
-            words = self.asr.words(wave, SAMPLE_RATE, timings)
+            heard = self.asr.words(wave, SAMPLE_RATE, timings)
+            heard_spoken = [self.normalizer.normalize(w.word, timings) if request.normalize and NON_WORD.search(w.word)
+                            else w.word for w in heard]
+            words = wer.retime(spoken, heard, heard_spoken, len(wave) / SAMPLE_RATE)
         subtitle_file = (None if request.subtitles is None
                          else outbox.subtitles(index, subtitles.render(words, request.subtitles), request.subtitles))
         return (words if request.return_word_timings else None), subtitle_file

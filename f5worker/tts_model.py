@@ -40,6 +40,7 @@ from f5worker.formats import SAMPLE_RATE
 from f5worker.model_cache import IncompleteFile, resolve_model, verify_complete
 from f5worker.model_files import ModelFilesCorrupt, ModelLoadFailed, ModelSources, ResolvedModel
 from f5worker.settings import DEFAULT_ENGINE, EngineLimits
+from f5worker.ssml import Pause
 from f5worker.timings import Timings
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ DESERIALISATION_MESSAGES = ("PytorchStreamReader failed", "Error(s) in loading s
 
 # on_chunk(chunk number from 1, chunk count, the audio that chunk made final)
 ChunkCallback = Callable[[int, int, np.ndarray], None]
+# keep(item, wave): the wave to use for a chunk, given the one the engine made (retakes.Retakes.keep)
+KeepFn = Callable[[WorkItem, np.ndarray], np.ndarray]
+PAUSE_FADE_S = 0.01  # speech fades out into a pause and in after it over this long
 
 
 def pick_device() -> str:
@@ -316,32 +320,53 @@ class TTSModel:
         if scheduler is not None:
             scheduler.close()
 
-    def synthesize(self, ref_audio: torch.Tensor, ref_text: str, chunks: list[str], params: SynthesisParams,
-                   on_chunk: ChunkCallback | None = None) -> np.ndarray:
+    def sample(self, item: WorkItem) -> np.ndarray:
+        """One item's wave, made by the scheduler like any other work (a retake)."""
+        return next(self.scheduler.results([item]))
+
+    def synthesize(self, ref_audio: torch.Tensor, ref_text: str, chunks: Sequence[str | Pause],
+                   params: SynthesisParams, on_chunk: ChunkCallback | None = None,
+                   keep: KeepFn | None = None) -> np.ndarray:
         """Speech for ``chunks`` (from :meth:`plan`) in the voice of ``ref_audio`` (mono, 24 kHz,
-        shape ``(1, n)``), joined with upstream's cross-fade.
+        shape ``(1, n)``), joined with upstream's cross-fade; a :class:`~f5worker.ssml.Pause`
+        among them is that much silence, the speech around it faded out and in (``PAUSE_FADE_S``).
 
         All the chunks go to the scheduler at once (raising ``QueueFull`` if they do not fit), to
         be batched with each other and with other jobs' chunks; each chunk's noise comes from
         ``(seed, its position)``, so the audio does not depend on what it was batched with.
         ``on_chunk(i, n, audio)`` reports each in order as soon as it and those before it are
-        done, with the part of the audio that no later cross-fade can change. The returned wave
-        is those parts concatenated.
+        done, with the part of the audio that no later cross-fade can change (and the silence
+        before it). The returned wave is those parts concatenated. ``keep`` (retakes) is given
+        each chunk's wave in order and returns the one to use.
         """
         if isinstance(chunks, str):  # a str is a sequence too: one chunk per character
             raise TypeError("synthesize takes the chunks from plan(), not the text")
-        items = [WorkItem(ref_audio, ref_text, chunk, params, index) for index, chunk in enumerate(chunks)]
-        fader = CrossFader(int(params.cross_fade_duration * SAMPLE_RATE))
+        texts, silences = split_pauses(chunks)
+        items = [WorkItem(ref_audio, ref_text, chunk, params, index) for index, chunk in enumerate(texts)]
+        fader = CrossFader(int(params.cross_fade_duration * SAMPLE_RATE), int(PAUSE_FADE_S * SAMPLE_RATE))
         parts: list[np.ndarray] = []
-        for index, wave in enumerate(self.scheduler.results(items), start=1):
-            ready = fader.push(wave)
-            if index == len(chunks):
-                ready = np.concatenate([ready, fader.finish()])
+        for index, (item, wave) in enumerate(zip(items, self.scheduler.results(items), strict=True), start=1):
+            ready = fader.push(wave if keep is None else keep(item, wave), silences[index - 1])
+            if index == len(items):
+                ready = np.concatenate([ready, fader.finish(silences[index])])
             part = np.asarray(ready, dtype=np.float32)
             parts.append(part)
             if on_chunk is not None:
-                on_chunk(index, len(chunks), part)
+                on_chunk(index, len(items), part)
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+def split_pauses(chunks: Sequence[str | Pause]) -> tuple[list[str], list[int]]:
+    """The text chunks, and the samples of silence before each of them and after the last."""
+    texts: list[str] = []
+    silences = [0]
+    for chunk in chunks:
+        if isinstance(chunk, Pause):
+            silences[-1] += round(chunk.seconds * SAMPLE_RATE)
+        else:
+            texts.append(chunk)
+            silences.append(0)
+    return texts, silences
 
 
 def cross_fade(prev: np.ndarray, nxt: np.ndarray, samples: int) -> np.ndarray:
@@ -356,20 +381,41 @@ def cross_fade(prev: np.ndarray, nxt: np.ndarray, samples: int) -> np.ndarray:
 
 class CrossFader:
     """Upstream's cross-fade applied incrementally: :meth:`push` returns the audio that later
-    chunks can no longer change and holds back the last ``samples`` for the next fade, so the
-    concatenation of everything returned, then :meth:`finish`, is upstream's joined wave."""
+    chunks can no longer change and holds back the last ``samples`` (at least ``fade``) for the
+    next join, so the concatenation of everything returned, then :meth:`finish`, is upstream's
+    joined wave. A join with ``silence`` samples between is no cross-fade: the held audio fades
+    out over ``fade`` samples, then the silence, then the new wave fades in."""
 
-    def __init__(self, samples: int):
+    def __init__(self, samples: int, fade: int = 0):
         self.samples = max(0, samples)
+        self.fade = max(0, fade)
         self._held: np.ndarray | None = None
 
-    def push(self, wave: np.ndarray) -> np.ndarray:
-        joined = wave if self._held is None else cross_fade(self._held, wave, self.samples)
-        cut = len(joined) - min(self.samples, len(joined))
+    def push(self, wave: np.ndarray, silence: int = 0) -> np.ndarray:
+        if silence:
+            joined = np.concatenate([self.finish(silence), fade_in(wave, self.fade)])
+        elif self._held is None:
+            joined = wave
+        else:
+            joined = cross_fade(self._held, wave, self.samples)
+        cut = len(joined) - min(max(self.samples, self.fade), len(joined))
         self._held = joined[cut:]
         return joined[:cut]
 
-    def finish(self) -> np.ndarray:
+    def finish(self, silence: int = 0) -> np.ndarray:
+        """What is held (faded out before a ``silence``), then the silence."""
         held, self._held = self._held, None
-        return held if held is not None else np.zeros(0, dtype=np.float32)
+        held = np.zeros(0, dtype=np.float32) if held is None else held
+        if not silence:
+            return held
+        return np.concatenate([fade_out(held, self.fade), np.zeros(silence, dtype=np.float32)])
+
+
+def fade_in(wave: np.ndarray, samples: int) -> np.ndarray:
+    n = min(samples, len(wave))
+    return np.concatenate([wave[:n] * np.linspace(0, 1, n + 1, dtype=np.float32)[1:], wave[n:]])
+
+
+def fade_out(wave: np.ndarray, samples: int) -> np.ndarray:
+    return fade_in(wave[::-1], samples)[::-1]
 

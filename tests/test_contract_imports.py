@@ -15,7 +15,7 @@ SCRIPT = r"""
 import importlib.abc
 import sys
 
-BLOCKED = ("torch", "torchaudio", "f5_tts")
+BLOCKED = ("torch", "torchaudio", "f5_tts", "wetext", "kaldifst", "jiwer")  # normalisation stays out too
 
 
 class Refuse(importlib.abc.MetaPathFinder):

@@ -51,6 +51,7 @@ class WorkItem:
     text: str  # one chunk (from TTSModel.plan)
     params: SynthesisParams
     chunk_index: int = 0  # the item's noise comes from its own generator seeded by (params.seed, chunk_index)
+    attempt: int = 0  # a retake's (from 1) noise is seeded by (params.seed, chunk_index, attempt)
 
 
 def batch_key(item: WorkItem) -> tuple:
@@ -61,8 +62,9 @@ def batch_key(item: WorkItem) -> tuple:
 def item_noise(item: WorkItem, frames: int, channels: int) -> torch.Tensor:
     """The item's initial noise, ``(frames, channels)`` float32 on the CPU (the same on every
     device), from a generator seeded by ``(seed, chunk_index)`` through numpy's SeedSequence,
-    so that neighbouring seeds and chunks get unrelated streams."""
-    seed = np.random.SeedSequence([item.params.seed, item.chunk_index]).generate_state(1, np.uint64)[0]
+    so that neighbouring seeds and chunks get unrelated streams; a retake adds its attempt."""
+    entropy = [item.params.seed, item.chunk_index, *([item.attempt] if item.attempt else [])]
+    seed = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
     return torch.randn(frames, channels, generator=torch.Generator().manual_seed(int(seed)))
 
 
