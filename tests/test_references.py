@@ -5,34 +5,23 @@ In-process workers on the tiny models (the tiny Whisper where recognition is on)
 from __future__ import annotations
 
 import base64
-import io
 from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
 import requests
-import soundfile as sf
 
 from f5worker import audio
 from f5worker.contract import InputError, parse_job
 from f5worker.formats import SAMPLE_RATE
 from f5worker.voices import REF_MAX_S, clean_reference_wave
-from tests.support.audio_bytes import decode, reference_wav_bytes
+from tests.support.audio_bytes import long_clip, reference_wav_bytes
 from tests.support.bucket import ALICE_TEXT
 from tests.support.https_server import https_server, make_certificate
 
 FAST = {"nfe_step": 4, "seed": 5}
 LONG_TEXT = " ".join([ALICE_TEXT] * 5)  # the whole of LONG_CLIP: five times the packaged clip's words
 SR = 24_000
-
-
-def long_clip(repeats: int = 5, gap_s: float = 0.8) -> bytes:
-    """The packaged clip ``repeats`` times with ``gap_s`` of silence between: ~30 s of speech."""
-    wave, sr = decode(reference_wav_bytes())
-    gap = np.zeros(int(gap_s * sr), np.float32)
-    out = io.BytesIO()
-    sf.write(out, np.concatenate([part for _ in range(repeats) for part in (wave, gap)][:-1]), sr, format="WAV")
-    return out.getvalue()
 
 
 def job(job_id: str = "job-1", **fields) -> dict:
@@ -362,3 +351,20 @@ def test_the_earlier_projects_fields_point_to_ours(raw, field, here):
         parse_job(raw)
     assert f"{field} is the earlier F5-TTS RunPod worker's field, here: {here}" in str(caught.value)
     assert str(caught.value).endswith("(README: Coming from the earlier project)")
+
+
+@pytest.mark.process
+def test_a_long_voice_through_the_local_api_and_a_restarted_worker(start_worker, bucket_env, s3, long_voice):
+    """``runpod_handler.py --rp_serve_api``: refused with recognition off; with it on, transcribed
+    once, and a worker started afterwards reads the stored transcript without loading Whisper."""
+    request = {"input": {"text": "Through the local API.", "voice": "long", **FAST}}
+    off = start_worker(bucket_env)
+    refused = off.post("/runsync", request)
+    off.stop()
+    assert refused["status"] == "FAILED" and "is 29.9 s long and F5-TTS uses at most 12 s" in refused["error"]
+    first = start_worker({**bucket_env, "ASR_ENABLED": "1"}).post("/runsync", request)
+    assert first["status"] == "COMPLETED", first
+    assert {"transcribe_reference", "store_transcript"} <= set(first["output"]["timings_ms"])
+    restarted = start_worker({**bucket_env, "ASR_ENABLED": "1"}).post("/runsync", request)
+    assert restarted["status"] == "COMPLETED", restarted
+    assert not {"transcribe_reference", "load_asr"} & set(restarted["output"]["timings_ms"])
