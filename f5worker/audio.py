@@ -19,8 +19,11 @@ import torchaudio.functional as AF
 from f5worker.formats import OUTPUT_FORMATS
 
 FRAME_MS = 10
-
-
+# Where a reference too long for the model is cut: at the last pause of at least 1 s (quieter than
+# -50 dBFS) inside the part kept, else at the last of at least 100 ms (quieter than -40 dBFS), as
+# upstream's preprocess_ref_audio_text looks for them; a pause before CUT_MIN_S does not count.
+PAUSES = ((-50.0, 1000), (-40.0, 100))
+CUT_MIN_S = 3.0
 
 
 class AudioError(ValueError):
@@ -41,6 +44,15 @@ def read_mono(path: Path, max_seconds: float = float("inf")) -> tuple[np.ndarray
     if wave.size == 0:
         raise AudioError("audio is empty")
     return wave.mean(axis=1), sr
+
+
+def header_duration(source: Path | BinaryIO) -> float:
+    """The duration in seconds that the file's header gives (libsndfile reads only what it needs:
+    a WAV or FLAC header, an MP3's first frames, an Ogg stream's first and last pages)."""
+    try:
+        return sf.info(source).duration
+    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+        raise AudioError(f"not decodable audio ({err.__class__.__name__})") from err
 
 
 def resample(wave: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
@@ -67,6 +79,19 @@ def silent_runs(wave: np.ndarray, sr: int, threshold_db: float) -> list[tuple[in
     quiet = np.concatenate([[False], _frame_db(wave, sr) < threshold_db, [False]])
     edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))  # padded with False: rises and falls pair up
     return [(int(a) * step, min(int(b) * step, len(wave))) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def cut_at_pause(wave: np.ndarray, sr: int, max_samples: int) -> int:
+    """How many samples of ``wave`` to keep so that at most ``max_samples`` remain, cut where a
+    pause starts rather than inside a word (see ``PAUSES``); ``max_samples`` when no pause fits."""
+    if len(wave) <= max_samples:
+        return len(wave)
+    for threshold_db, min_ms in PAUSES:
+        starts = [a for a, b in silent_runs(wave, sr, threshold_db)
+                  if (b - a) * 1000 >= min_ms * sr and CUT_MIN_S * sr <= a <= max_samples]
+        if starts:
+            return starts[-1]
+    return max_samples
 
 
 def trim_silence_edges(wave: np.ndarray, sr: int, threshold_db: float = -42.0) -> np.ndarray:

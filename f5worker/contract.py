@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from f5worker import ssml
-from f5worker.formats import OUTPUT_FORMATS, STREAM_FORMATS, SUBTITLE_FORMATS, base64_length
+from f5worker.formats import OUTPUT_FORMATS, STREAM_FORMATS, SUBTITLE_FORMATS, VOICE_EXTENSIONS, base64_length
 
 MAX_TEXT_CHARS = 5000  # JobLimits' defaults; settings.Settings reads the endpoint's values
 MAX_REF_TEXT_CHARS = 1000
@@ -25,6 +25,8 @@ MAX_URL_CHARS = 2048
 DEFAULT_VOICE = "default"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # an uploaded clip, before conversion (base64 or URL)
 VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+# a voice asked for by its file name: exactly that object (``alice.wav``, ``Kurt_12s.WAV``)
+VOICE_FILE = re.compile(rf"{VOICE_NAME.pattern}\.(?:{'|'.join(VOICE_EXTENSIONS)})", re.IGNORECASE)
 SEED_MAX = 2**32 - 1
 FIELD_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -42,12 +44,24 @@ VERIFY_FIELDS: dict[str, tuple[type, float, float, float]] = {
     "max_attempts": (int, 1, 10, 3),
     "max_wer": (float, 0.0, 1.0, 0.1),
 }
-KNOWN_FIELDS = {"text", "texts", "voice", "ref_text", "output_format", "remove_silence", "return_base64", "stream",
-                "return_word_timings", "subtitles", "normalize", "verify", *NUMERIC_FIELDS, *VERIFY_FIELDS}
+KNOWN_FIELDS = {"text", "texts", "voice", "ref_text", "ref_audio_base64", "ref_audio_url", "output_format",
+                "remove_silence", "return_base64", "stream", "return_word_timings", "subtitles", "normalize", "verify",
+                *NUMERIC_FIELDS, *VERIFY_FIELDS}
 OPENAI_FIELDS = {"model", "input", "response_format"}
 # OpenAI response_format -> native output_format; OpenAI's default is mp3
 OPENAI_FORMATS = {"mp3": "mp3", "opus": "ogg", "flac": "flac", "wav": "wav", "pcm": "pcm"}
-ACTIONS = ("synthesize", "list_voices", "upload_voice", "delete_voice")
+ACTIONS = ("synthesize", "list_voices", "upload_voice", "delete_voice", "presign")
+MAX_KEY_CHARS = 1024  # S3's limit on a key (in UTF-8 bytes; a presign key is ASCII)
+# Fields of the earlier F5-TTS RunPod worker (sruckh/f5-tts-runpod-serverless) and what they are here.
+EARLIER_FIELDS = {
+    "local_voice": "voice (a voice name, or its file name such as 'Kurt_12s.wav')",
+    "endpoint": "action (upload -> upload_voice, list_voices -> list_voices, download -> presign)",
+    "timing_format": "subtitles (srt, vtt, ass, json or csv; word timings come with return_word_timings)",
+    "timing_method": "nothing: word timings come from Whisper (ASR_ENABLED=1)",
+    "voice_name": "name (without the extension)",
+    "voice_file_url": "audio_url (with a transcript)",
+    "job_id": "key: presign takes an output's key, such as outputs/<job id>.wav",
+}
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,8 @@ class SynthesisRequest:
     verify: bool  # each chunk recognised, and synthesized again while its WER is over max_wer
     max_attempts: int  # syntheses of one chunk at most, with verify
     max_wer: float
+    ref_audio: bytes | None = None  # a reference for this job only: decoded ``ref_audio_base64``
+    ref_audio_url: str | None = None  # or this https URL
 
     @property
     def needs_recognition(self) -> bool:
@@ -127,7 +143,12 @@ class DeleteVoiceRequest:
     name: str
 
 
-JobRequest = SynthesisRequest | ListVoicesRequest | UploadVoiceRequest | DeleteVoiceRequest
+@dataclass(frozen=True)
+class PresignRequest:
+    key: str  # an existing output's key; the pipeline checks it is under OUTPUTS_PREFIX
+
+
+JobRequest = SynthesisRequest | ListVoicesRequest | UploadVoiceRequest | DeleteVoiceRequest | PresignRequest
 
 
 def parse_job(raw: Any, limits: JobLimits = DEFAULT_LIMITS) -> JobRequest:
@@ -139,7 +160,7 @@ def parse_job(raw: Any, limits: JobLimits = DEFAULT_LIMITS) -> JobRequest:
         raise InputError("action", f"must be one of {', '.join(ACTIONS)}")
     fields = {k: v for k, v in raw.items() if k != "action"}
     parsers = {"synthesize": functools.partial(parse_request, limits=limits), "list_voices": parse_list_voices,
-               "upload_voice": parse_upload_voice, "delete_voice": parse_delete_voice}
+               "upload_voice": parse_upload_voice, "delete_voice": parse_delete_voice, "presign": parse_presign}
     return parsers[action](fields)
 
 
@@ -165,6 +186,9 @@ def parse_request(raw: dict[str, Any], limits: JobLimits = DEFAULT_LIMITS) -> Sy
     retakes = {name: _number(raw, name, *spec[:3]) if name in raw else spec[3] for name, spec in VERIFY_FIELDS.items()}
     if not verify and VERIFY_FIELDS.keys() & raw.keys():
         raise InputError(min(VERIFY_FIELDS.keys() & raw.keys()), "applies to retakes: it needs verify: true")
+    ref_audio, ref_audio_url = _clip(raw, "ref_audio_base64", "ref_audio_url")
+    if (ref_audio is not None or ref_audio_url is not None) and "voice" in raw:
+        raise InputError("voice", "give a voice or a reference clip (ref_audio_base64 or ref_audio_url), not both")
     stream, remove_silence = _flag(raw, "stream"), _flag(raw, "remove_silence")
     if stream:
         if several:
@@ -183,7 +207,7 @@ def parse_request(raw: dict[str, Any], limits: JobLimits = DEFAULT_LIMITS) -> Sy
         texts=texts,
         scripts=scripts,
         several=several,
-        voice=_voice_name(raw, "voice", required=False) or DEFAULT_VOICE,
+        voice=_voice(raw) or DEFAULT_VOICE,
         ref_text=_text(raw, "ref_text", MAX_REF_TEXT_CHARS, required=False),
         output_format=output_format,
         params=SynthesisParams(**numbers),
@@ -195,6 +219,8 @@ def parse_request(raw: dict[str, Any], limits: JobLimits = DEFAULT_LIMITS) -> Sy
         normalize=_flag(raw, "normalize", default=True),
         verify=verify,
         **retakes,
+        ref_audio=ref_audio,
+        ref_audio_url=ref_audio_url,
     )
 
 
@@ -232,20 +258,9 @@ def parse_upload_voice(raw: dict[str, Any]) -> UploadVoiceRequest:
     _check_fields(raw, {"name", "transcript", "audio_base64", "audio_url", "overwrite"})
     name = _stored_voice_name(raw)
     transcript = _text(raw, "transcript", MAX_REF_TEXT_CHARS, required=True)
-    if ("audio_base64" in raw) == ("audio_url" in raw):
+    if "audio_base64" not in raw and "audio_url" not in raw:
         raise InputError("audio_base64", "give the audio as audio_base64 or as audio_url (one of them)")
-    audio = url = None
-    if "audio_base64" in raw:
-        encoded = _text(raw, "audio_base64", base64_length(MAX_UPLOAD_BYTES), required=True)
-        try:
-            audio = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise InputError("audio_base64", "is not valid base64") from None
-    else:
-        url = _text(raw, "audio_url", MAX_URL_CHARS, required=True)
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise InputError("audio_url", "must be an https:// URL")
+    audio, url = _clip(raw, "audio_base64", "audio_url")
     return UploadVoiceRequest(name=name, transcript=transcript, audio=audio, audio_url=url,
                               overwrite=_flag(raw, "overwrite"))
 
@@ -255,11 +270,44 @@ def parse_delete_voice(raw: dict[str, Any]) -> DeleteVoiceRequest:
     return DeleteVoiceRequest(name=_stored_voice_name(raw))
 
 
+def parse_presign(raw: dict[str, Any]) -> PresignRequest:
+    """``key``: a plain object key, no ``.``/``..`` segment, no empty one, nothing outside printable ASCII."""
+    _check_fields(raw, {"key"})
+    key = _text(raw, "key", MAX_KEY_CHARS, required=True)
+    if not key.isascii() or not key.isprintable() or key.startswith("/") or {".", "..", ""} & set(key.split("/")):
+        raise InputError("key", "must be an object key such as outputs/<job id>.wav (printable ASCII, no leading "
+                                "'/', no empty, '.' or '..' segment)")
+    return PresignRequest(key=key)
+
+
+def _clip(raw: dict, base64_field: str, url_field: str) -> tuple[bytes | None, str | None]:
+    """An audio clip given as base64 or as an https URL, at most one of them: ``(bytes, None)``,
+    ``(None, url)``, or ``(None, None)`` when neither is given."""
+    if base64_field in raw and url_field in raw:
+        raise InputError(base64_field, f"give the audio as {base64_field} or as {url_field} (one of them)")
+    if base64_field in raw:
+        encoded = _text(raw, base64_field, base64_length(MAX_UPLOAD_BYTES), required=True)
+        try:
+            return base64.b64decode(encoded, validate=True), None
+        except (binascii.Error, ValueError):
+            raise InputError(base64_field, "is not valid base64") from None
+    if url_field in raw:
+        url = _text(raw, url_field, MAX_URL_CHARS, required=True)
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise InputError(url_field, "must be an https:// URL")
+        return None, url
+    return None, None
+
+
 def _check_fields(raw: dict, known: set[str]) -> None:
     unknown = sorted(_printable(k) for k in raw if k not in known)
     if unknown:
         accepted = ", ".join(sorted(known)) or "none"
-        raise InputError(unknown[0], f"unknown field (accepted: {accepted})")
+        earlier = EARLIER_FIELDS.get(unknown[0])
+        hint = (f"; {unknown[0]} is the earlier F5-TTS RunPod worker's field, here: {earlier} "
+                "(README: Coming from the earlier project)") if earlier else ""
+        raise InputError(unknown[0], f"unknown field (accepted: {accepted}){hint}")
 
 
 def _voice_name(raw: dict, name: str, required: bool) -> str | None:
@@ -267,6 +315,20 @@ def _voice_name(raw: dict, name: str, required: bool) -> str | None:
     if value is not None and not VOICE_NAME.fullmatch(value):
         raise InputError(name, "must be 1-64 letters, digits, '-' or '_', starting with a letter or digit")
     return value
+
+
+def _voice(raw: dict) -> str | None:
+    """``voice``: a voice's name, or the file name of one of its clips."""
+    value = _text(raw, "voice", 64 + 1 + max(map(len, VOICE_EXTENSIONS)), required=False)
+    if value is not None and not (VOICE_NAME.fullmatch(value) or VOICE_FILE.fullmatch(value)):
+        raise InputError("voice", "must be a voice name (1-64 letters, digits, '-' or '_', starting with a letter or "
+                                  f"digit) or its file name <name>.<{'|'.join(VOICE_EXTENSIONS)}>")
+    return value
+
+
+def voice_stem(voice: str) -> str:
+    """The voice name in ``voice`` (a name, or a file name ``<name>.<ext>``)."""
+    return voice.partition(".")[0]
 
 
 def _stored_voice_name(raw: dict) -> str:

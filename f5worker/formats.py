@@ -29,7 +29,9 @@ OUTPUT_FORMATS = {
 STREAM_FORMATS = ("wav", "pcm")
 VOICE_EXTENSIONS = ("wav", "flac", "mp3", "ogg")
 
-SUBTITLE_FORMATS = {"srt": "application/x-subrip; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}  # content types
+# word-timing files a job can ask for (``subtitles``), and their content types
+SUBTITLE_FORMATS = {"srt": "application/x-subrip; charset=utf-8", "vtt": "text/vtt; charset=utf-8",
+                    "ass": "text/x-ssa; charset=utf-8", "json": "application/json", "csv": "text/csv; charset=utf-8"}
 
 
 def base64_length(size: int) -> int:

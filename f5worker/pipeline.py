@@ -29,6 +29,7 @@ from f5worker.contract import (
     JobLimits,
     JobRequest,
     ListVoicesRequest,
+    PresignRequest,
     SynthesisParams,
     SynthesisRequest,
     UploadVoiceRequest,
@@ -44,7 +45,7 @@ from f5worker.settings import Settings
 from f5worker.storage import BucketSettings, S3Limits, is_true, make_job_dir, scratch_root
 from f5worker.timings import Timings
 from f5worker.tts_model import TTSModel
-from f5worker.voices import VoiceError, VoiceLibrary
+from f5worker.voices import Reference, VoiceError, VoiceLibrary
 
 log = logging.getLogger("f5tts.worker")
 
@@ -154,22 +155,39 @@ class Worker:
             result = {"voices": self.voices.list_voices()}
         elif isinstance(request, UploadVoiceRequest):
             result = self._upload_voice(request, job_dir, timings)
+        elif isinstance(request, PresignRequest):
+            result = self._presign(request.key)
         else:
             result = self.voices.delete(request.name)
         return {**result, "timings_ms": timings.report()}
 
     def _upload_voice(self, request: UploadVoiceRequest, job_dir: Path, timings: Timings) -> dict[str, Any]:
-        source = job_dir / "upload"
-        with timings.measure("fetch_voice"):
-            if request.audio is not None:
-                source.write_bytes(request.audio)
-            else:
-                try:
-                    url_fetch.fetch(request.audio_url, source, MAX_UPLOAD_BYTES)
-                except url_fetch.FetchError as err:
-                    raise VoiceError(f"audio_url: {err}") from err
+        source = fetched(request.audio, request.audio_url, "audio_url", job_dir / "upload", timings)
         with timings.measure("store_voice"):
             return self.voices.store(request.name, source, request.transcript, request.overwrite, job_dir)
+
+    def _presign(self, key: str) -> dict[str, Any]:
+        """A fresh presigned URL for an existing output (a key under ``OUTPUTS_PREFIX``, not under
+        ``VOICES_PREFIX``: only what jobs wrote is handed out)."""
+        outputs, voices = self.bucket.outputs_prefix, self.bucket.voices_prefix
+        if self.s3 is None:
+            raise InputError("key", "presign needs a bucket, and BUCKET_NAME is not set")
+        if not key.startswith(outputs) or key.startswith(voices):
+            raise InputError("key", f"must be an output's key, under {outputs!r} (OUTPUTS_PREFIX)")
+        if not s3.check_s3_object_exists(self.s3, self.bucket.name, key):
+            raise InputError("key", f"no object {key} in bucket {self.bucket.name!r}")
+        return {"bucket": self.bucket.name, "key": key, "expires_in_s": self.presign_expires_s,
+                "url": s3.presigned_url(self.s3, self.bucket.name, key, self.presign_expires_s)}
+
+    def _reference(self, request: SynthesisRequest, job_dir: Path, timings: Timings) -> tuple[Reference, bool]:
+        """The job's voice, or its own reference clip (``ref_audio_base64``/``ref_audio_url``)."""
+        if request.ref_audio is None and request.ref_audio_url is None:
+            return self.voices.get(request.voice, request.ref_text, job_dir, timings)
+        if request.ref_text is None and self.asr is None:
+            raise InputError("ref_text", "is needed with a reference clip (ref_audio_base64 or ref_audio_url): "
+                                         "speech recognition, which would transcribe it, is off here (ASR_ENABLED)")
+        source = fetched(request.ref_audio, request.ref_audio_url, "ref_audio_url", job_dir / "ref_audio", timings)
+        return self.voices.job_reference(source, request.ref_text, timings)
 
     def _synthesize(self, job_id: str, request: SynthesisRequest, job_dir: Path, timings: Timings,
                     progress: Progress | None, emit: Emit | None) -> dict[str, Any]:
@@ -177,7 +195,7 @@ class Worker:
         if (request.needs_recognition or request.verify) and self.asr is None:
             name = "verify" if request.verify else "return_word_timings" if request.return_word_timings else "subtitles"
             raise InputError(name, "needs speech recognition, which is off on this endpoint (ASR_ENABLED)")
-        reference, cached = self.voices.get(request.voice, request.ref_text, job_dir, timings)
+        reference, cached = self._reference(request, job_dir, timings)
         scripts = [self._spoken(script, request.normalize, timings) for script in request.scripts]
         plans = [self._plan(script, reference.duration_s, reference.text, request.params.speed) for script in scripts]
         counts = [sum(isinstance(chunk, str) for chunk in chunks) for chunks in plans]
@@ -203,7 +221,7 @@ class Worker:
             "format": request.output_format,
             "sample_rate": SAMPLE_RATE,
             "seed": request.params.seed,
-            "voice": request.voice,
+            "voice": None if request.ref_audio is not None or request.ref_audio_url is not None else request.voice,
             "voice_cached": cached,
         }
         durations = [round(len(wave) / SAMPLE_RATE, 3) for wave in waves]
@@ -273,6 +291,20 @@ class Worker:
         subtitle_file = (None if request.subtitles is None
                          else outbox.subtitles(index, subtitles.render(words, request.subtitles), request.subtitles))
         return (words if request.return_word_timings else None), subtitle_file
+
+
+def fetched(data: bytes | None, url: str | None, url_field: str, dest: Path, timings: Timings) -> Path:
+    """An uploaded or per-job clip into ``dest``: ``data``, or the body of the https ``url`` through
+    the SSRF guard (``url_fetch``), at most ``MAX_UPLOAD_BYTES``."""
+    with timings.measure("fetch_voice"):
+        if data is not None:
+            dest.write_bytes(data)
+            return dest
+        try:
+            url_fetch.fetch(url, dest, MAX_UPLOAD_BYTES)
+        except url_fetch.FetchError as err:
+            raise VoiceError(f"{url_field}: {err}") from err
+    return dest
 
 
 def wants_warm_up(setting: str, device: str) -> bool:

@@ -121,6 +121,51 @@ def save_body(response: dict[str, Any], path: Path, max_bytes: int | None = None
     return path
 
 
+class RangedReader:
+    """One listed version of an object as a read-only, seekable file (``read``, ``seek``, ``tell``),
+    fetched ``block`` bytes at a time by ranged GETs with If-Match on its ETag, at most ``max_blocks``
+    of them: enough for libsndfile to read an audio header without downloading the file. A read
+    past that budget, or after a failed GET, returns what it has and sets ``incomplete``."""
+
+    def __init__(self, client: BaseClient, bucket: str, listed: dict[str, Any], block: int, max_blocks: int):
+        self.client, self.bucket, self.listed = client, bucket, listed
+        self.size, self.block, self.max_blocks = listed["Size"], block, max_blocks
+        self.position = 0
+        self.incomplete = False
+        self._blocks: dict[int, bytes] = {}
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.position = max(0, (0, self.position, self.size)[whence] + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def read(self, size: int = -1) -> bytes:
+        end = self.size if size < 0 else min(self.size, self.position + size)
+        data = b"".join(self._block(i) for i in range(self.position // self.block, -(-end // self.block)))
+        data = data[self.position % self.block:][: max(0, end - self.position)]
+        self.position += len(data)
+        return data
+
+    def _block(self, index: int) -> bytes:
+        if index not in self._blocks:
+            if len(self._blocks) >= self.max_blocks or self.incomplete:
+                self.incomplete = True
+                return b""
+            first = index * self.block
+            try:
+                with _changes_raised():
+                    response = self.client.get_object(Bucket=self.bucket, Key=self.listed["Key"],
+                                                      IfMatch=self.listed["ETag"],
+                                                      Range=f"bytes={first}-{min(first + self.block, self.size) - 1}")
+                self._blocks[index] = read_body(response)
+            except (ClientError, BotoCoreError):  # called back from libsndfile: an exception would be lost there
+                self.incomplete = True
+                return b""
+        return self._blocks[index]
+
+
 def read_body(response: dict[str, Any]) -> bytes:
     body = response["Body"]
     try:

@@ -10,12 +10,21 @@ picked up on its next use.
 token in its metadata; a transcript made by speech recognition carries its clip's ETag there. A
 job pairs such a transcript only with that clip, never one version's clip with another's
 transcript; a transcript written by other means (no token) goes with whatever clip is there.
+
+F5-TTS uses at most ``REF_MAX_S`` of a reference, cut at a pause. A transcript of a longer clip may
+cover more than that part, and the model then speaks the difference as garbage, so a clip that
+was cut is used only with a transcript made by speech recognition of the part used: ``<name>.txt``
+when Whisper wrote it (its ``voice-pair`` is the clip's ETag, where an upload's is a random
+token), else ``<name>.clip.txt``, written once beside the voice and valid for the
+clip and the ``<name>.txt`` it was made with (its metadata names both). Without speech recognition
+such a voice is refused with the two ways out.
 """
 
 from __future__ import annotations
 
 import codecs
 import functools
+import hashlib
 import logging
 import threading
 import time
@@ -24,7 +33,7 @@ import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,7 +45,7 @@ from botocore.exceptions import ClientError
 
 from f5worker import audio, s3
 from f5worker.asr import SpeechRecognizer
-from f5worker.contract import DEFAULT_LIMITS, DEFAULT_VOICE, VOICE_NAME, JobLimits
+from f5worker.contract import DEFAULT_LIMITS, DEFAULT_VOICE, VOICE_NAME, JobLimits, voice_stem
 from f5worker.formats import OUTPUT_FORMATS, SAMPLE_RATE, VOICE_EXTENSIONS
 from f5worker.storage import BucketSettings
 from f5worker.timings import Timings
@@ -53,11 +62,29 @@ MAX_TRANSCRIPT_BYTES = 16 * 1024
 LIST_TRANSCRIPT_BYTES = 1024  # list_voices returns at most this much of each transcript
 LIST_THREADS = 8  # transcripts read at once by list_voices (botocore pools 10 connections)
 PAIR_KEY = "voice-pair"  # user metadata naming the clip a transcript was stored with
+OF_TRANSCRIPT_KEY = "of-transcript"  # on <name>.clip.txt: the ETag of the <name>.txt it was made with, or "none"
+CLIP_TRANSCRIPT = ".clip.txt"  # <name>.clip.txt: Whisper's transcript of the part of a long clip that is used
+# A listing with speech recognition off reads the length of a clip (a few ranged GETs of HEADER_BLOCK
+# bytes, at most HEADER_BLOCKS, remembered per ETag) only when its transcript holds more than 12 s of
+# speech usually does; a job knows the length of every clip it reads.
+LONG_TRANSCRIPT_BYTES = 200
+HEADER_BLOCK = 16 * 1024
+HEADER_BLOCKS = 8
 READ_RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8)  # a voice that changed while read is listed again after these
 
 
 class VoiceError(ValueError):
     """The requested voice cannot be used; the message is safe to show to the client."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A reference clip as the model hears it: mono at ``SAMPLE_RATE``, silent edges trimmed, at
+    most ``REF_MAX_S`` long."""
+
+    wave: np.ndarray
+    source_s: float  # the source's length
+    clipped: bool  # sound was cut off to fit: a transcript of the whole source covers more than ``wave``
 
 
 @dataclass(frozen=True)
@@ -78,27 +105,33 @@ def normalise_ref_text(text: str) -> str:
     return f"{text} " if text.endswith(".") else f"{text}. "
 
 
-def clean_reference_wave(path: Path, max_seconds: float = DEFAULT_LIMITS.voice_max_seconds) -> tuple[np.ndarray, float]:
-    """Mono 24 kHz, clipped to 12 s, silence trimmed at the edges; also the source's length in
-    seconds, to tell when the clip was cut."""
+def clean_reference_wave(path: Path, max_seconds: float = DEFAULT_LIMITS.voice_max_seconds) -> Clip:
+    """Mono 24 kHz, silence trimmed at the edges, and when the sound is longer than ``REF_MAX_S``,
+    cut where a pause starts (``audio.cut_at_pause``) and trimmed again."""
     try:
         wave, sr = audio.read_mono(path, max_seconds)
     except audio.AudioError as err:
         raise VoiceError(f"reference audio: {err}") from err
     source_s = len(wave) / sr
-    wave = audio.resample(wave, sr, SAMPLE_RATE)[: int(REF_MAX_S * SAMPLE_RATE)]
-    wave = audio.trim_silence_edges(wave, SAMPLE_RATE)
+    wave = audio.trim_silence_edges(audio.resample(wave, sr, SAMPLE_RATE), SAMPLE_RATE)
+    keep = audio.cut_at_pause(wave, SAMPLE_RATE, int(REF_MAX_S * SAMPLE_RATE))
+    clipped = keep < len(wave)
+    if clipped:
+        wave = audio.trim_silence_edges(wave[:keep], SAMPLE_RATE)
     if len(wave) < REF_MIN_S * SAMPLE_RATE:
         raise VoiceError(f"reference audio has less than {REF_MIN_S} s of sound")
-    return wave, source_s
+    return Clip(wave, source_s, clipped)
+
+
+def with_tail(wave: np.ndarray) -> torch.Tensor:
+    """``wave`` as the model takes it, ``(1, n)`` float32, with upstream's 50 ms silent tail."""
+    wave = np.concatenate([wave, np.zeros(int(REF_TAIL_S * SAMPLE_RATE), dtype=np.float32)])
+    return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
 
 
 def prepare_audio(path: Path, max_seconds: float = DEFAULT_LIMITS.voice_max_seconds) -> torch.Tensor:
-    """The reference clip as the model hears it, ``(1, n)`` float32 at ``SAMPLE_RATE``, with
-    upstream's 50 ms silent tail."""
-    wave, _ = clean_reference_wave(path, max_seconds)
-    wave = np.concatenate([wave, np.zeros(int(REF_TAIL_S * SAMPLE_RATE), dtype=np.float32)])
-    return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
+    """The reference clip as the model hears it, ``(1, n)`` float32 at ``SAMPLE_RATE``."""
+    return with_tail(clean_reference_wave(path, max_seconds).wave)
 
 
 def prepare_reference(path: Path, text: str, max_seconds: float = DEFAULT_LIMITS.voice_max_seconds) -> Reference:
@@ -126,6 +159,24 @@ def decode_transcript(data: bytes, complete: bool = True) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
+def too_long(what: str, seconds: float, transcript: str, fixes: str) -> str:
+    """Why a clip that was cut cannot go with ``transcript``, and ``fixes``."""
+    return (f"{what} is {seconds:.1f} s long and F5-TTS uses at most {REF_MAX_S:g} s of it (cut at a pause), so "
+            f"{transcript} may cover more than the part used: {fixes}, or set ASR_ENABLED=1 to transcribe the part "
+            "used")
+
+
+def stored_voice_fixes(name: str) -> str:
+    return (f"store it again with upload_voice (name {name!r}), which clips it at a pause and keeps the transcript "
+            "you give for the part kept (the first duration_s seconds of sound)")
+
+
+def whispered(pair: str | None, clip: dict[str, Any]) -> bool:
+    """Whether a transcript whose ``voice-pair`` token is ``pair`` was made by Whisper of the listed
+    clip (of the part used), which is then the token: an upload's is a random one."""
+    return pair == clip["ETag"].strip('"')
+
+
 def pair_token(metadata: dict[str, str], etag: str) -> str:
     """What a transcript names to say it belongs to a clip: the clip's ``voice-pair`` token, or
     its ETag for a clip stored without one."""
@@ -134,21 +185,41 @@ def pair_token(metadata: dict[str, str], etag: str) -> str:
 
 @dataclass(frozen=True)
 class VoiceFiles:
-    """A voice's objects in a listing, by key, and the clip and transcript a job uses."""
+    """A voice's objects in a listing, by key, and the clip and transcripts a job uses."""
     objects: dict[str, dict[str, Any]]
     clip: dict[str, Any] | None
     transcript: dict[str, Any] | None
+    clip_transcript: dict[str, Any] | None = None  # <name>.clip.txt
+
+    def exactly(self, key: str) -> VoiceFiles:
+        """The same voice with the clip ``key`` (a voice asked for by its file name), None if absent."""
+        return replace(self, clip=self.objects.get(key) if extension(key) in VOICE_EXTENSIONS else None)
 
 
 def voice_files(listing: list[dict[str, Any]], prefix: str) -> dict[str, VoiceFiles]:
     """The voices in a listing under ``prefix``, by name, extensions in any case."""
     found: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for obj in listing:
-        name, dot, ext = obj["Key"][len(prefix):].rpartition(".")
-        if dot and VOICE_NAME.fullmatch(name) and ext.lower() in (*VOICE_EXTENSIONS, "txt"):
+        name, ext = _name_and_extension(obj["Key"][len(prefix):])
+        if VOICE_NAME.fullmatch(name) and ext in (*VOICE_EXTENSIONS, "txt"):
             found[name][obj["Key"]] = obj
-    return {name: VoiceFiles(objects, _first(objects, VOICE_EXTENSIONS), _first(objects, ("txt",)))
+    return {name: VoiceFiles(objects, _first(objects, VOICE_EXTENSIONS), _first(objects, ("txt",)),
+                             objects.get(f"{prefix}{name}{CLIP_TRANSCRIPT}"))
             for name, objects in found.items()}
+
+
+def unusable_clips(listing: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    """The audio files under ``prefix`` whose names are not voice names (a space, a dot, a folder...)."""
+    named = [(obj, *_name_and_extension(obj["Key"][len(prefix):])) for obj in listing]
+    return [obj for obj, name, ext in named if ext in VOICE_EXTENSIONS and not VOICE_NAME.fullmatch(name)]
+
+
+def _name_and_extension(relative_key: str) -> tuple[str, str]:
+    """``("a", "wav")`` for ``a.WAV``; the name of ``a.clip.txt``, a voice's derived transcript, is ``a``."""
+    if relative_key.endswith(CLIP_TRANSCRIPT):
+        return relative_key[: -len(CLIP_TRANSCRIPT)], "txt"
+    name, dot, ext = relative_key.rpartition(".")
+    return (name, ext.lower()) if dot else (relative_key, "")
 
 
 def extension(key: str) -> str:
@@ -156,11 +227,12 @@ def extension(key: str) -> str:
 
 
 def _first(objects: dict[str, dict[str, Any]], extensions: tuple[str, ...]) -> dict[str, Any] | None:
-    """The object with the first of ``extensions`` present; of ``a.wav`` and ``a.WAV``, ``a.wav``."""
+    """The object with the first of ``extensions`` present; of ``a.wav`` and ``a.WAV``, ``a.wav``
+    (never a derived ``.clip.txt``)."""
     def rank(key: str) -> tuple:
         return extensions.index(extension(key)), not key.endswith(extension(key)), key
 
-    keys = [key for key in objects if extension(key) in extensions]
+    keys = [key for key in objects if extension(key) in extensions and not key.endswith(CLIP_TRANSCRIPT)]
     return objects[min(keys, key=rank)] if keys else None
 
 
@@ -190,17 +262,36 @@ class VoiceLibrary:
         self._cache: OrderedDict[tuple, Reference] = OrderedDict()
         self._flights: dict[tuple, Future] = {}
         self._lock = threading.Lock()
-        # the first bytes and the size of each transcript in the last listing, by (key, ETag)
-        self._starts: dict[tuple[str, str], tuple[bytes, int]] = {}
+        # the first bytes, the size and the voice-pair token of each transcript in the last listing, by (key, ETag)
+        self._starts: dict[tuple[str, str], tuple[bytes, int, str | None]] = {}
+        self._durations: dict[tuple[str, str], float] = {}  # clips' lengths in seconds, by (key, ETag)
 
     def get(self, name: str, ref_text: str | None, workdir: Path, timings: Timings) -> tuple[Reference, bool]:
-        """The prepared reference for ``name`` and whether it came from the cache (or from another
-        job that prepared it meanwhile)."""
+        """The prepared reference for ``name`` (a voice name, or the file name of a clip) and
+        whether it came from the cache (or from another job that prepared it meanwhile)."""
         if name == DEFAULT_VOICE:
             return self._default(ref_text, timings)
         if not self.has_bucket:
             raise VoiceError(f"voice {name!r} needs a bucket, and BUCKET_NAME is not set")
         return self._from_s3(name, ref_text, workdir, timings)
+
+    def job_reference(self, source: Path, ref_text: str | None, timings: Timings) -> tuple[Reference, bool]:
+        """A job's own reference clip (``ref_audio_base64``/``ref_audio_url``), prepared once per
+        content and ``ref_text`` in the same bounded cache as the voices; without ``ref_text``, or
+        when the clip was cut, transcribed by Whisper."""
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+
+        def build() -> Reference:
+            clip = self._clean("ref_audio", source, timings)
+            if ref_text is not None and not clip.clipped:
+                return Reference(audio=with_tail(clip.wave), text=normalise_ref_text(ref_text))
+            if self.recognizer is None:
+                raise VoiceError(too_long("ref_audio", clip.source_s, "ref_text",
+                                          f"send at most {REF_MAX_S:g} s of audio with its ref_text"))
+            wave = with_tail(clip.wave)
+            return Reference(audio=wave, text=normalise_ref_text(self._recognise("ref_audio", wave, timings)))
+
+        return self._cached(("ref_audio", digest, ref_text), build)
 
     def list_voices(self) -> list[dict[str, Any]]:
         """The built-in voice, then every bucket voice with a clip, by name. A voice a job would
@@ -213,13 +304,18 @@ class VoiceLibrary:
         if not self.has_bucket:
             return voices
         prefix = self.bucket.voices_prefix
-        found = voice_files(s3.list_s3_objects(self.client, self.bucket.name, prefix), prefix)
+        listing = s3.list_s3_objects(self.client, self.bucket.name, prefix)
+        found = voice_files(listing, prefix)
         listed = [(name, files) for name, files in sorted(found.items()) if files.clip is not None]
         with ThreadPoolExecutor(LIST_THREADS) as pool:
-            voices.extend(entry for entry in pool.map(lambda item: self._listed(*item), listed) if entry)
+            entries = [entry for entry in pool.map(lambda item: self._listed(*item), listed) if entry]
+        entries.extend(self._unusable(obj) for obj in unusable_clips(listing, prefix))
+        voices.extend(sorted(entries, key=lambda entry: entry["name"]))
         current = {(t["Key"], t["ETag"]) for _, files in listed if (t := files.transcript)}
+        clips = {(obj["Key"], obj["ETag"]) for obj in listing}
         with self._lock:
             self._starts = {version: start for version, start in self._starts.items() if version in current}
+            self._durations = {version: s for version, s in self._durations.items() if version in clips}
         return voices
 
     def store(self, name: str, source: Path, transcript: str, overwrite: bool, workdir: Path) -> dict[str, Any]:
@@ -228,7 +324,8 @@ class VoiceLibrary:
         (create-only writes: of two simultaneous uploads, one stores and the other is refused);
         with it, the voice's other files go."""
         self._require_bucket()
-        wave, source_s = clean_reference_wave(source, self.limits.voice_max_seconds)
+        clip = clean_reference_wave(source, self.limits.voice_max_seconds)
+        wave, source_s = clip.wave, clip.source_s
         out = workdir / f"{name}.wav"
         audio.write(wave, SAMPLE_RATE, "wav", out)
         bucket, prefix = self.bucket.name, self.bucket.voices_prefix
@@ -254,7 +351,7 @@ class VoiceLibrary:
                  audio_key)
         return {"name": name, "audio_key": audio_key, "transcript_key": text_key, "sample_rate": SAMPLE_RATE,
                 "duration_s": round(len(wave) / SAMPLE_RATE, 3), "source_duration_s": round(source_s, 3),
-                "clipped": source_s > REF_MAX_S}
+                "clipped": clip.clipped}
 
     def delete(self, name: str) -> dict[str, Any]:
         """Remove the voice's clips, then its transcripts (so that no job meanwhile finds a clip
@@ -278,9 +375,11 @@ class VoiceLibrary:
             raise VoiceError("voice management needs a bucket, and BUCKET_NAME is not set")
 
     def _files(self, name: str) -> VoiceFiles | None:
-        """The voice's objects in the bucket now; None when it has none."""
-        prefix = self.bucket.voices_prefix
-        return voice_files(s3.list_s3_objects(self.client, self.bucket.name, f"{prefix}{name}."), prefix).get(name)
+        """The voice's objects in the bucket now; None when it has none. ``name``: a voice name, or
+        a clip's file name, which then is the clip."""
+        prefix, stem = self.bucket.voices_prefix, voice_stem(name)
+        files = voice_files(s3.list_s3_objects(self.client, self.bucket.name, f"{prefix}{stem}."), prefix).get(stem)
+        return files.exactly(f"{prefix}{name}") if files is not None and name != stem else files
 
     def _write_pair(self, etags: dict[str, str], audio_key: str, wav: Path, text_key: str, text: str) -> None:
         """The transcript, then the clip, with one new pair token; each written only over the
@@ -309,15 +408,16 @@ class VoiceLibrary:
         prefix = self.bucket.voices_prefix
         clip = files.clip if files else None
         if clip is None:
-            raise VoiceError(f"voice {name!r} not found: no {prefix}{name}.{{{','.join(VOICE_EXTENSIONS)}}} "
-                             "in the bucket")
+            extensions = "" if voice_stem(name) != name else f".{{{','.join(VOICE_EXTENSIONS)}}}"
+            raise VoiceError(f"voice {name!r} not found: no {prefix}{name}{extensions} in the bucket")
         if clip["Size"] > (cap := self.limits.voice_max_bytes):
             raise VoiceError(f"voice {name!r} is {clip['Size']} bytes, over the {cap}-byte limit")
         if clip["Size"] == 0:
             raise VoiceError(f"voice {name!r}: {clip['Key']} is empty")
         transcript = files.transcript
         if ref_text is None and transcript is None and self.recognizer is None:
-            raise VoiceError(f"voice {name!r} has no transcript {prefix}{name}.txt; upload one or pass ref_text")
+            raise VoiceError(f"voice {name!r} has no transcript {prefix}{voice_stem(name)}.txt; upload one or pass "
+                             "ref_text")
         if ref_text is None and transcript is not None and transcript["Size"] > MAX_TRANSCRIPT_BYTES:
             raise VoiceError(f"voice {name!r}: transcript {transcript['Key']} is {transcript['Size']} bytes, "
                              f"over the {MAX_TRANSCRIPT_BYTES}-byte limit")
@@ -330,9 +430,13 @@ class VoiceLibrary:
                  "transcript_truncated": False, "size": clip["Size"], "last_modified": clip["LastModified"].isoformat(),
                  "error": None}
         try:
+            pair = None
             if files.transcript is not None:
-                entry["transcript"], entry["transcript_truncated"] = self._transcript_start(name, files.transcript)
+                text, entry["transcript_truncated"], pair = self._transcript_start(name, files.transcript)
+                entry["transcript"] = text
             self._check(name, files, None)
+            if not whispered(pair, clip):
+                self._check_length(name, files)
         except VoiceError as err:
             entry["error"] = str(err)
         except s3.ObjectChanged:
@@ -341,19 +445,56 @@ class VoiceLibrary:
             entry["error"] = f"voice {name!r}: {s3.describe_error(err, self.bucket.name)}"
         return entry
 
-    def _transcript_start(self, name: str, transcript: dict[str, Any]) -> tuple[str, bool]:
-        """The first ``LIST_TRANSCRIPT_BYTES`` of a transcript, and whether there is more."""
-        data, size = self._starts.get((transcript["Key"], transcript["ETag"])) or self._read_start(transcript)
-        return self._transcript_text(name, transcript["Key"], data, complete=size == len(data)), size > len(data)
+    def _unusable(self, clip: dict[str, Any]) -> dict[str, Any]:
+        """The listing's entry for an audio file whose name is not a voice name."""
+        name = clip["Key"][len(self.bucket.voices_prefix):].rpartition(".")[0]
+        return {"name": name, "builtin": False, "format": extension(clip["Key"]), "transcript": None,
+                "transcript_truncated": False, "size": clip["Size"], "last_modified": clip["LastModified"].isoformat(),
+                "error": f"{clip['Key']}: {name!r} is not a voice name (1-64 letters, digits, '-' or '_', starting "
+                         "with a letter or digit, no folder); rename the clip and its transcript to use it"}
 
-    def _read_start(self, transcript: dict[str, Any]) -> tuple[bytes, int]:
-        """A transcript's first bytes and its size, remembered under the ETag they were read from."""
+    def _check_length(self, name: str, files: VoiceFiles) -> None:
+        """With speech recognition off, refuse a clip over ``REF_MAX_S`` with a transcript written by
+        hand (not made of the part used); the clip's length is read (or known from a job) only when the transcript
+        holds more than ``REF_MAX_S`` of speech usually does."""
+        transcript = files.transcript
+        if self.recognizer is not None or transcript is None:
+            return
+        seconds = self._durations.get((files.clip["Key"], files.clip["ETag"]))
+        if seconds is None and transcript["Size"] > LONG_TRANSCRIPT_BYTES:
+            seconds = self._header_duration(files.clip)
+        if seconds is not None and seconds > REF_MAX_S:
+            raise VoiceError(too_long(f"voice {name!r}", seconds, f"its transcript {transcript['Key']}",
+                                      stored_voice_fixes(voice_stem(name))))
+
+    def _header_duration(self, clip: dict[str, Any]) -> float | None:
+        """The clip's length from its header, read with a few ranged GETs; None when that is not enough."""
+        reader = s3.RangedReader(self.client, self.bucket.name, clip, HEADER_BLOCK, HEADER_BLOCKS)
+        try:
+            seconds = audio.header_duration(reader)
+        except audio.AudioError:
+            return None
+        if reader.incomplete:
+            return None
+        with self._lock:
+            self._durations[(clip["Key"], clip["ETag"])] = seconds
+        return seconds
+
+    def _transcript_start(self, name: str, transcript: dict[str, Any]) -> tuple[str, bool, str | None]:
+        """The first ``LIST_TRANSCRIPT_BYTES`` of a transcript, whether there is more, and its
+        ``voice-pair`` token."""
+        data, size, pair = self._starts.get((transcript["Key"], transcript["ETag"])) or self._read_start(transcript)
+        return self._transcript_text(name, transcript["Key"], data, complete=size == len(data)), size > len(data), pair
+
+    def _read_start(self, transcript: dict[str, Any]) -> tuple[bytes, int, str | None]:
+        """A transcript's first bytes, its size and its pair token, remembered under the ETag they
+        were read from."""
         cut = transcript["Size"] > LIST_TRANSCRIPT_BYTES  # a Range on an empty object would be refused
         response = s3.get_object(self.client, self.bucket.name, transcript["Key"],
                                  first_bytes=LIST_TRANSCRIPT_BYTES if cut else None)
         data = s3.read_body(response)
         size = int(response.get("ContentRange", "").rpartition("/")[2] or len(data))
-        start = (data[:LIST_TRANSCRIPT_BYTES], size)
+        start = (data[:LIST_TRANSCRIPT_BYTES], size, response["Metadata"].get(PAIR_KEY))
         with self._lock:
             self._starts[(transcript["Key"], response["ETag"])] = start
         return start
@@ -452,50 +593,97 @@ class VoiceLibrary:
         clip, transcript = files.clip, files.transcript
         if ref_text is not None:
             return self._cached((clip["Key"], clip["ETag"], ("override", ref_text)),
-                                lambda: self._prepared(name, self._download_clip(name, clip, workdir)[0], ref_text,
-                                                       clip["Key"], timings))
+                                lambda: self._overridden(name, files, ref_text, workdir, timings))
         if transcript is None:
             return self._single_flight(("transcribe", clip["Key"], clip["ETag"]),
                                        lambda: self._transcribed(name, clip, workdir, timings))
         return self._cached((clip["Key"], clip["ETag"], ("etag", transcript["ETag"])),
-                            lambda: self._paired(name, clip, transcript, workdir, timings))
+                            lambda: self._paired(name, files, workdir, timings))
 
-    def _paired(self, name: str, clip: dict[str, Any], transcript: dict[str, Any], workdir: Path,
-                timings: Timings) -> Reference:
+    def _overridden(self, name: str, files: VoiceFiles, ref_text: str, workdir: Path, timings: Timings) -> Reference:
+        """The clip with the job's ``ref_text``, or with the transcript of the part used if it was cut."""
+        with timings.measure("fetch_voice"):
+            local, metadata = self._download_clip(name, files.clip, workdir)
+        clip = self._prepared(name, local, files.clip, timings)
+        text = self._clip_text(name, files, metadata, clip, "ref_text", timings) if clip.clipped else ref_text
+        return Reference(audio=with_tail(clip.wave), text=normalise_ref_text(text))
+
+    def _paired(self, name: str, files: VoiceFiles, workdir: Path, timings: Timings) -> Reference:
         """The listed transcript and clip, which must belong together when the transcript says
-        which clip it was stored with."""
+        which clip it was stored with; a clip that was cut goes with a transcript of the part used."""
+        transcript = files.transcript
         with timings.measure("fetch_voice"):
             response = self._get(transcript)
             data = s3.read_body(response)
-            local, _ = self._download_clip(name, clip, workdir, pair=response["Metadata"].get(PAIR_KEY))
+            local, metadata = self._download_clip(name, files.clip, workdir, pair=response["Metadata"].get(PAIR_KEY))
         text = self._transcript_text(name, transcript["Key"], data)
-        return self._prepared(name, local, text, clip["Key"], timings)
+        clip = self._prepared(name, local, files.clip, timings)
+        if clip.clipped and not whispered(response["Metadata"].get(PAIR_KEY), files.clip):
+            text = self._clip_text(name, files, metadata, clip, f"its transcript {transcript['Key']}", timings)
+        return Reference(audio=with_tail(clip.wave), text=normalise_ref_text(text))
 
-    def _prepared(self, name: str, local: Path, text: str, clip_key: str, timings: Timings) -> Reference:
+    def _prepared(self, name: str, local: Path, listed: dict[str, Any], timings: Timings) -> Clip:
+        clip = self._clean(f"voice {name!r}", local, timings)
+        with self._lock:
+            self._durations[(listed["Key"], listed["ETag"])] = clip.source_s
+        log.info("prepared voice %s from s3://%s/%s", name, self.bucket.name, listed["Key"])
+        return clip
+
+    def _clean(self, what: str, local: Path, timings: Timings) -> Clip:
         with timings.measure("prepare_reference"):
             try:
-                reference = prepare_reference(local, text, self.limits.voice_max_seconds)
+                return clean_reference_wave(local, self.limits.voice_max_seconds)
             except VoiceError as err:
-                raise VoiceError(f"voice {name!r}: {err}") from None
-        log.info("prepared voice %s from s3://%s/%s", name, self.bucket.name, clip_key)
-        return reference
+                raise VoiceError(f"{what}: {err}") from None
+
+    def _recognise(self, what: str, wave: torch.Tensor, timings: Timings) -> str:
+        with timings.measure("transcribe_reference"):
+            text = self.recognizer.transcribe(wave[0].numpy(), SAMPLE_RATE, timings)
+        if not text:
+            raise VoiceError(f"{what}: no speech was recognised in the {wave.shape[-1] / SAMPLE_RATE:.1f} s that "
+                             "F5-TTS uses; upload a transcript")
+        return text
+
+    def _clip_text(self, name: str, files: VoiceFiles, metadata: dict[str, str], clip: Clip, transcript: str,
+                   timings: Timings) -> str:
+        """The transcript of the part of a cut clip that is used: ``<name>.clip.txt`` when it was
+        made for this clip and this ``<name>.txt``, else Whisper's, stored there (replacing only the
+        version listed) for every later job and worker. Without Whisper, the voice is refused."""
+        if self.recognizer is None:
+            raise VoiceError(too_long(f"voice {name!r}", clip.source_s, transcript,
+                                      stored_voice_fixes(voice_stem(name))))
+        stored, key = files.clip_transcript, f"{self.bucket.voices_prefix}{voice_stem(name)}{CLIP_TRANSCRIPT}"
+        made_for = {PAIR_KEY: pair_token(metadata, files.clip["ETag"]),
+                    OF_TRANSCRIPT_KEY: files.transcript["ETag"].strip('"') if files.transcript else "none"}
+        if stored is not None:
+            with timings.measure("fetch_voice"):
+                response = self._get(stored)
+                data = s3.read_body(response)
+            if response["Metadata"] == made_for:
+                return self._transcript_text(name, key, data)
+        text = self._recognise(f"voice {name!r}", with_tail(clip.wave), timings)
+        with timings.measure("store_transcript"):
+            try:
+                s3.put_text(self.client, self.bucket.name, key, text, metadata=made_for,
+                            **({"if_match": stored["ETag"]} if stored is not None else {"create_only": True}))
+            except s3.ObjectChanged:
+                raise _Changed(f"{key} changed while the clip was transcribed") from None
+        log.info("transcribed the %.1f s used of voice %s and stored s3://%s/%s: %r", len(clip.wave) / SAMPLE_RATE,
+                 name, self.bucket.name, key, text)
+        return text
 
     def _transcribed(self, name: str, clip: dict[str, Any], workdir: Path, timings: Timings) -> Reference:
-        """Recognise the clip once and store ``<name>.txt`` beside it, create-only (a transcript
-        that appeared meanwhile is kept and used instead), so that no job, on this worker or any
-        other, recognises it again: later jobs read it like any transcript, and this worker's
-        cache holds the reference under its ETag."""
-        bucket, key = self.bucket.name, f"{self.bucket.voices_prefix}{name}.txt"
+        """Recognise the part of the clip that is used once and store it as ``<name>.txt`` beside
+        the clip, create-only (a transcript that appeared meanwhile is kept and used instead), so
+        that no job, on this worker or any other, recognises it again: later jobs read it like any
+        transcript, and this worker's cache holds the reference under its ETag."""
+        bucket, key = self.bucket.name, f"{self.bucket.voices_prefix}{voice_stem(name)}.txt"
         with timings.measure("fetch_voice"):
             local, metadata = self._download_clip(name, clip, workdir)
         if PAIR_KEY in metadata:
             raise _Changed(f"{clip['Key']} was stored with a transcript, and {key} is missing")
-        with timings.measure("prepare_reference"):
-            wave = prepare_audio(local, self.limits.voice_max_seconds)
-        with timings.measure("transcribe_reference"):
-            text = self.recognizer.transcribe(wave[0].numpy(), SAMPLE_RATE, timings)
-        if not text:
-            raise VoiceError(f"voice {name!r} has no transcript {key} and no speech was recognised in it; upload one")
+        wave = with_tail(self._prepared(name, local, clip, timings).wave)
+        text = self._recognise(f"voice {name!r} has no transcript {key}", wave, timings)
         with timings.measure("store_transcript"):
             try:
                 etag = s3.put_text(self.client, bucket, key, text, create_only=True,

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import html
+import io
+import json
+import re
+from dataclasses import asdict
 
+import ass
+import pandas
 import srt
 import webvtt
 from hypothesis import given
 from hypothesis import strategies as st
 
 from f5worker.asr import Word, clean_words
-from f5worker.subtitles import MAX_CUE_CHARS, group_cues, to_srt, to_vtt
+from f5worker.subtitles import ASS_LOOKALIKES, MAX_CUE_CHARS, group_cues, to_ass, to_csv, to_json, to_srt, to_vtt
 
 times = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-100, 100))
 chunks = st.lists(st.fixed_dictionaries({
@@ -90,3 +96,35 @@ def test_cues_break_at_sentence_ends_line_length_and_duration():
     slow = [Word(f"w{i}", i * 2.0, i * 2.0 + 1.0) for i in range(6)]
     assert all(c.end - c.start <= 6.0 for c in group_cues(slow))
     assert group_cues([]) == [] and to_srt([]) == "" and to_vtt([]) == "WEBVTT\n\n"
+
+
+KARAOKE = re.compile(r"\{\\k(\d+)\}([^{]*)")
+
+
+@given(word_lists)
+def test_ass_parses_back_to_karaoke_lines_timed_word_by_word(words):
+    """Read by the ``ass`` package: one Dialogue line per cue on the centisecond grid, whose
+    ``{\\k}`` tags add up to the line's length and start each word when it is spoken."""
+    events = ass.parse_string(to_ass(words)).events
+    expected = group_cues(words)
+    assert len(events) == len(expected)
+    for event, cue in zip(events, expected, strict=True):
+        start, end = round(event.start.total_seconds() * 100), round(event.end.total_seconds() * 100)
+        assert (start, end) == (round(cue.start * 100), round(cue.end * 100))
+        syllables = KARAOKE.findall(event.text)
+        assert "".join(f"{{\\k{k}}}{t}" for k, t in syllables) == event.text
+        assert [t.strip() for _, t in syllables] == [" ".join(w.word.split()).translate(ASS_LOOKALIKES)
+                                                     for w in cue.words]
+        lengths = [int(k) for k, _ in syllables]
+        assert sum(lengths) == end - start
+        starts = [start + sum(lengths[:i]) for i in range(len(lengths))]
+        assert starts[1:] == [round(w.start * 100) for w in cue.words[1:]]
+
+
+@given(word_lists)
+def test_json_and_csv_hold_every_word_and_time(words):
+    assert json.loads(to_json(words)) == [asdict(w) for w in words]
+    table = pandas.read_csv(io.StringIO(to_csv(words)), dtype={"word": str}, keep_default_na=False,
+                            float_precision="round_trip")
+    assert list(table.columns) == ["word", "start", "end"]
+    assert [(r.word, r.start, r.end) for r in table.itertuples()] == [(w.word, w.start, w.end) for w in words]

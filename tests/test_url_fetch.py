@@ -9,9 +9,6 @@ tested on its own.
 
 from __future__ import annotations
 
-import ssl
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +18,8 @@ import pytest
 from runpod.serverless.utils import rp_ssrf
 
 from f5worker.url_fetch import FetchError, fetch
+from tests.support.https_server import https_server as start_https_server
+from tests.support.https_server import make_certificate, serve
 
 BODY = b"RIFF" + bytes(range(256)) * 40
 
@@ -67,26 +66,14 @@ class Routes(BaseHTTPRequestHandler):
         pass
 
 
-def serve(server: ThreadingHTTPServer) -> str:
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"127.0.0.1:{server.server_address[1]}"
-
-
 @pytest.fixture(scope="module")
 def https_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     """The HTTPS server's base URL and its certificate; a plain-HTTP server runs beside it."""
-    tmp = tmp_path_factory.mktemp("tls")
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1,IP:127.0.0.2", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    cert, key = make_certificate(tmp_path_factory.mktemp("tls"))
     plain = ThreadingHTTPServer(("127.0.0.1", 0), Routes)
     Routes.http_base = f"http://{serve(plain)}"
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Routes)
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert, key)
-    server.socket = server_ctx.wrap_socket(server.socket, server_side=True)
-    yield f"https://{serve(server)}", cert
+    server, url = start_https_server(Routes, cert, key)
+    yield url, cert
     server.shutdown()
     plain.shutdown()
 

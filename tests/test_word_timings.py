@@ -4,8 +4,13 @@ F5-TTS, real tiny Whisper, real moto S3."""
 from __future__ import annotations
 
 import base64
+import io
+import json
+import re
 from pathlib import Path
 
+import ass
+import pandas
 import pytest
 import srt
 import webvtt
@@ -59,6 +64,23 @@ def test_subtitles_uploaded_beside_the_audio(make_worker, bucket_env, s3):
     assert_word_timings(result["words"], result["duration_s"])
 
 
+def test_ass_json_and_csv_carry_the_words_of_the_job(make_worker):
+    worker = make_worker({}, asr=True)
+    for fmt in ("ass", "json", "csv"):
+        result = worker.run(job(f"job-{fmt}", return_word_timings=True, subtitles=fmt))
+        assert "error" not in result, result
+        words = result["words"]
+        if fmt == "ass":
+            events = ass.parse_string(result["subtitles"]).events
+            assert " ".join(re.sub(r"\{\\k\d+\}", "", e.text) for e in events).split() == [w["word"] for w in words]
+            assert events[0].start.total_seconds() == pytest.approx(words[0]["start"], abs=0.005)
+        elif fmt == "json":
+            assert json.loads(result["subtitles"]) == words
+        else:
+            rows = pandas.read_csv(io.StringIO(result["subtitles"]), dtype={"word": str}, keep_default_na=False)
+            assert rows.to_dict("records") == words
+
+
 def test_recognition_off_refuses_word_timings_before_synthesising(make_worker):
     worker = make_worker({})
     assert worker.run(job(return_word_timings=True)) == {
@@ -66,7 +88,8 @@ def test_recognition_off_refuses_word_timings_before_synthesising(make_worker):
     assert "input.subtitles" in worker.run(job(subtitles="srt"))["error"]
 
 
-@pytest.mark.parametrize(("fields", "expected"), [({"subtitles": "ass"}, "input.subtitles: must be one of srt, vtt"),
+@pytest.mark.parametrize(("fields", "expected"), [({"subtitles": "sub"},
+                                                   "input.subtitles: must be one of srt, vtt, ass, json, csv"),
                                                   ({"subtitles": 1}, "input.subtitles"),
                                                   ({"return_word_timings": "yes"}, "input.return_word_timings")])
 def test_bad_recognition_fields(make_worker, fields, expected):

@@ -22,3 +22,13 @@ def encode_as(data: bytes, fmt: str, subtype: str) -> bytes:
 
 def decode(data: bytes) -> tuple[np.ndarray, int]:
     return sf.read(io.BytesIO(data), dtype="float32")
+
+
+def long_clip(repeats: int = 5, gap_s: float = 0.8) -> bytes:
+    """A WAV of the packaged clip ``repeats`` times with ``gap_s`` of silence between: ~30 s of
+    speech with pauses, as the long voices the earlier project's users keep."""
+    wave, sr = decode(reference_wav_bytes())
+    gap = np.zeros(int(gap_s * sr), np.float32)
+    out = io.BytesIO()
+    sf.write(out, np.concatenate([part for _ in range(repeats) for part in (wave, gap)][:-1]), sr, format="WAV")
+    return out.getvalue()
