@@ -12,7 +12,7 @@ import base64
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from botocore.client import BaseClient
@@ -31,6 +31,19 @@ MAX_INLINE_BASE64_BYTES = 10 * 1024 * 1024
 STREAM_PIECE_SAMPLES = 8 * SAMPLE_RATE
 
 Emit = Callable[[dict[str, Any]], None]  # gets each streamed item
+
+
+class AudioSink(Protocol):
+    """Where a synthesis sends its audio part by part as it is made, instead of into an output file:
+    a stream job's items (:class:`AudioStream`), or the HTTP server's response."""
+
+    count: int  # parts sent so far
+
+    def send(self, wave: np.ndarray) -> None: ...
+
+
+class JobCancelled(Exception):
+    """Raised by a sink whose client went away: the job stops, and its chunks not yet started are dropped."""
 
 
 @dataclass(frozen=True)

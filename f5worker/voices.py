@@ -60,6 +60,10 @@ class VoiceError(ValueError):
     """The requested voice cannot be used; the message is safe to show to the client."""
 
 
+class VoiceNotFound(VoiceError):
+    """No voice of that name: not in the bucket, or there is no bucket (the HTTP server's 404)."""
+
+
 @dataclass(frozen=True)
 class Reference:
     audio: torch.Tensor  # (1, n) float32 mono at SAMPLE_RATE
@@ -199,7 +203,7 @@ class VoiceLibrary:
         if name == DEFAULT_VOICE:
             return self._default(ref_text, timings)
         if not self.has_bucket:
-            raise VoiceError(f"voice {name!r} needs a bucket, and BUCKET_NAME is not set")
+            raise VoiceNotFound(f"voice {name!r} needs a bucket, and BUCKET_NAME is not set")
         return self._from_s3(name, ref_text, workdir, timings)
 
     def list_voices(self) -> list[dict[str, Any]]:
@@ -262,7 +266,7 @@ class VoiceLibrary:
         self._require_bucket()
         files = self._files(name)
         if files is None:
-            raise VoiceError(f"voice {name!r} not found")
+            raise VoiceNotFound(f"voice {name!r} not found")
         transcripts = [k for k in files.objects if extension(k) == "txt"]
         s3.delete_objects(self.client, self.bucket.name, [k for k in files.objects if k not in transcripts])
         s3.delete_objects(self.client, self.bucket.name, transcripts)
@@ -309,7 +313,7 @@ class VoiceLibrary:
         prefix = self.bucket.voices_prefix
         clip = files.clip if files else None
         if clip is None:
-            raise VoiceError(f"voice {name!r} not found: no {prefix}{name}.{{{','.join(VOICE_EXTENSIONS)}}} "
+            raise VoiceNotFound(f"voice {name!r} not found: no {prefix}{name}.{{{','.join(VOICE_EXTENSIONS)}}} "
                              "in the bucket")
         if clip["Size"] > (cap := self.limits.voice_max_bytes):
             raise VoiceError(f"voice {name!r} is {clip['Size']} bytes, over the {cap}-byte limit")
