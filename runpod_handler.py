@@ -4,9 +4,11 @@
     python runpod_handler.py --rp_serve_api       # locally: /run, /runsync, /status on :8000
     python runpod_handler.py --test_input '{"input": {"text": "Hello."}}'
     STREAMING=1 python runpod_handler.py ...       # generator handler: "stream": true jobs stream
+    WORKER_MODE=http PORT=8000 python runpod_handler.py   # a load-balancing endpoint's server (f5worker.http)
 
-The RunPod glue only: start-up, the handlers, ``runpod.serverless.start``. The model loads once,
-when the process starts; every job then goes through :class:`f5worker.pipeline.Worker`.
+The RunPod glue only: start-up, the handlers, ``runpod.serverless.start``, or in ``WORKER_MODE=http``
+the HTTP server. The model loads once, when the process starts; every job then goes through
+:class:`f5worker.pipeline.Worker`.
 """
 
 from __future__ import annotations
@@ -108,6 +110,16 @@ def cannot_start(err: Exception) -> NoReturn:
     sys.exit(f"cannot start: {err}")
 
 
+def serve_http(settings: Settings) -> None:
+    """``WORKER_MODE=http``: the server answers ``/ping`` at once and loads the model meanwhile."""
+    from f5worker.http.server import serve
+
+    try:
+        serve(settings)
+    except OSError as err:  # the port is taken, or not ours to bind
+        cannot_start(err)
+
+
 def main() -> None:
     global WORKER
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -116,6 +128,9 @@ def main() -> None:
     except SettingsError as err:
         cannot_start(err)
     logging.getLogger().setLevel(settings.log_level)
+    if settings.mode == "http":
+        serve_http(settings)
+        return
     try:
         WORKER = start_up(settings)
     except (ModelFilesMissing, ModelConfigError, ModelFilesCorrupt, ModelLoadFailed) as err:

@@ -24,6 +24,10 @@ FRAME_MS = 10
 # upstream's preprocess_ref_audio_text looks for them; a pause before CUT_MIN_S does not count.
 PAUSES = ((-50.0, 1000), (-40.0, 100))
 CUT_MIN_S = 3.0
+# A streamed MP3 is constant-bitrate: it cannot carry the Xing/LAME tag (libsndfile writes it at the end,
+# over the first frame, which a stream has already sent), and without one a decoder estimates the
+# length from the size and the first frame's bitrate, right only at a constant bitrate. 0.5 is 80 kbit/s.
+MP3_STREAM_OPTIONS = {"bitrate_mode": "CONSTANT", "compression_level": 0.5}
 
 
 class AudioError(ValueError):
@@ -139,3 +143,94 @@ def streaming_wav_header(sr: int) -> bytes:
     unknown = 0xFFFFFFFF
     fmt_chunk = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, sr, sr * 2, 2, 16)
     return struct.pack("<4sI4s", b"RIFF", unknown, b"WAVE") + fmt_chunk + struct.pack("<4sI", b"data", unknown)
+
+
+class _AppendOnly(io.RawIOBase):
+    """A file for libsndfile's encoder whose bytes leave as they are written: :meth:`take` returns
+    those written since the last call. A later write over bytes already taken (the MP3 encoder's
+    LAME tag, written over its first frame at close) is dropped: they are gone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._taken = 0  # bytes returned by take()
+        self._pending = bytearray()  # the bytes after them
+        self._pos = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._taken + len(self._pending)}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data).cast("B")
+        start = self._pos - self._taken
+        kept = view[max(0, -start):]
+        start = max(0, start)
+        if start > len(self._pending):
+            self._pending.extend(bytes(start - len(self._pending)))
+        self._pending[start : start + len(kept)] = kept
+        self._pos += len(view)
+        return len(view)
+
+    def take(self) -> bytes:
+        out = bytes(self._pending)
+        self._taken += len(out)
+        self._pending.clear()
+        return out
+
+
+class StreamEncoder:
+    """One file made piece by piece: :meth:`encode` each part of the wave in order, then
+    :meth:`finish`; the bytes they return, concatenated, are the file in ``fmt``.
+
+    ``pcm`` and ``wav`` (a streaming header first) come out at once, ``mp3`` (constant bitrate,
+    ``MP3_STREAM_OPTIONS``) and ``ogg`` (Opus) as libsndfile's encoder emits them; any other format
+    (``flac``) whole, from :meth:`finish` (``formats.INCREMENTAL_FORMATS`` lists the first four).
+    """
+
+    def __init__(self, fmt: str, sr: int):
+        self.fmt = fmt
+        self.sr = sr
+        self._header = streaming_wav_header(sr) if fmt == "wav" else b""
+        self._held: list[np.ndarray] = []  # the whole wave of a format that is not sent piece by piece
+        self._sink: _AppendOnly | None = None
+        self._file: sf.SoundFile | None = None
+        if fmt in ("mp3", "ogg"):
+            spec = OUTPUT_FORMATS[fmt]
+            self._sink = _AppendOnly()
+            self._file = sf.SoundFile(self._sink, "w", sr, 1, format=spec.container, subtype=spec.subtype,
+                                      **(MP3_STREAM_OPTIONS if fmt == "mp3" else {}))
+
+    def encode(self, wave: np.ndarray) -> bytes:
+        if self._file is not None:
+            self._file.write(np.clip(wave, -1.0, 1.0))
+            return self._sink.take()
+        if self.fmt not in ("pcm", "wav"):
+            self._held.append(wave)
+            return b""
+        buffer = io.BytesIO(self._header)
+        buffer.seek(0, io.SEEK_END)
+        write(wave, self.sr, "pcm", buffer)
+        self._header = b""
+        return buffer.getvalue()
+
+    def finish(self) -> bytes:
+        if self._file is not None:
+            self._file.close()
+            return self._sink.take()
+        if self.fmt in ("pcm", "wav"):
+            header, self._header = self._header, b""
+            return header  # the header of a wav with no audio
+        buffer = io.BytesIO()
+        write(np.concatenate(self._held) if self._held else np.zeros(0, np.float32), self.sr, self.fmt, buffer)
+        self._held = []
+        return buffer.getvalue()

@@ -50,6 +50,7 @@ KNOWN_FIELDS = {"text", "texts", "voice", "ref_text", "ref_audio_base64", "ref_a
 OPENAI_FIELDS = {"model", "input", "response_format"}
 # OpenAI response_format -> native output_format; OpenAI's default is mp3
 OPENAI_FORMATS = {"mp3": "mp3", "opus": "ogg", "flac": "flac", "wav": "wav", "pcm": "pcm"}
+OPENAI_STREAM_FORMATS = ("audio", "sse")  # stream_format: the audio bytes, or server-sent events (HTTP mode)
 ACTIONS = ("synthesize", "list_voices", "upload_voice", "delete_voice", "presign")
 MAX_KEY_CHARS = 1024  # S3's limit on a key (in UTF-8 bytes; a presign key is ASCII)
 # Fields of the earlier F5-TTS RunPod worker (sruckh/f5-tts-runpod-serverless) and what they are here.
@@ -225,11 +226,28 @@ def parse_request(raw: dict[str, Any], limits: JobLimits = DEFAULT_LIMITS) -> Sy
 
 
 def from_openai(raw: dict[str, Any], limits: JobLimits = DEFAULT_LIMITS) -> dict[str, Any]:
-    """OpenAI's ``{"model", "input", "voice", "response_format", "speed"}`` as native fields.
-    ``model`` is checked to be a string and otherwise ignored: this worker serves one model."""
+    """OpenAI's ``{"model", "input", "voice", "response_format", "speed", "instructions", "stream_format"}``
+    as native fields. ``model`` is checked to be a string and otherwise ignored: this worker serves one
+    model. ``voice`` may be OpenAI's custom-voice object ``{"id": name}``. ``instructions`` cannot be
+    honoured (F5-TTS speaks as its reference clip does), so one that is not empty is refused. A job
+    (as opposed to the HTTP mode, which reads ``stream_format`` first) returns the audio in its result:
+    ``stream_format`` may only be ``audio``."""
     native = dict(raw)
     _text(native, "model", 64, required=False)
     native.pop("model", None)
+    if isinstance(native.get("voice"), dict):
+        voice = native["voice"]
+        if set(voice) != {"id"}:
+            raise InputError("voice", 'must be a voice name or {"id": <voice name>}')
+        native["voice"] = voice["id"]
+    if native.get("instructions", "") != "":
+        _text(native, "instructions", limits.max_text_chars, required=False)  # a string, or the error says what
+        raise InputError("instructions", "cannot be honoured: F5-TTS speaks in the manner of the reference voice "
+                                         "and takes no instructions; use a voice recorded in the style you want")
+    native.pop("instructions", None)
+    if pop_stream_format(native) == "sse":
+        raise InputError("stream_format", "sse is served by the HTTP mode (WORKER_MODE=http); a job returns "
+                                          "the audio in its result")
     if "input" in native:
         if "text" in native:
             raise InputError("input", "is OpenAI's name for text: give one of them")
@@ -247,6 +265,15 @@ def from_openai(raw: dict[str, Any], limits: JobLimits = DEFAULT_LIMITS) -> dict
             raise InputError("response_format", f"must be one of {', '.join(OPENAI_FORMATS)}")
     native.setdefault("output_format", OPENAI_FORMATS[fmt or "mp3"])
     return native
+
+
+def pop_stream_format(raw: dict[str, Any]) -> str:
+    """OpenAI's ``stream_format`` (taken out of ``raw``): ``audio`` (the default) or ``sse``."""
+    value = _text(raw, "stream_format", 8, required=False) or "audio"
+    raw.pop("stream_format", None)
+    if value not in OPENAI_STREAM_FORMATS:
+        raise InputError("stream_format", f"must be one of {', '.join(OPENAI_STREAM_FORMATS)}")
+    return value
 
 
 def parse_list_voices(raw: dict[str, Any]) -> ListVoicesRequest:

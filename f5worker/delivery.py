@@ -9,11 +9,10 @@ become the result's JSON only in :meth:`TextOutput.to_json`.
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from botocore.client import BaseClient
@@ -32,6 +31,19 @@ MAX_INLINE_BASE64_BYTES = 10 * 1024 * 1024
 STREAM_PIECE_SAMPLES = 8 * SAMPLE_RATE
 
 Emit = Callable[[dict[str, Any]], None]  # gets each streamed item
+
+
+class AudioSink(Protocol):
+    """Where a synthesis sends its audio part by part as it is made, instead of into an output file:
+    a stream job's items (:class:`AudioStream`), or the HTTP server's response."""
+
+    count: int  # parts sent so far
+
+    def send(self, wave: np.ndarray) -> None: ...
+
+
+class JobCancelled(Exception):
+    """Raised by a sink whose client went away: the job stops, and its chunks not yet started are dropped."""
 
 
 @dataclass(frozen=True)
@@ -145,14 +157,12 @@ class AudioStream:
         self.emit = emit
         self.timings = timings
         self.count = 0
+        self.encoder = audio.StreamEncoder(fmt, SAMPLE_RATE)
 
     def send(self, wave: np.ndarray) -> None:
         for start in range(0, len(wave), STREAM_PIECE_SAMPLES):
-            data = io.BytesIO()
-            if self.count == 0 and self.fmt == "wav":
-                data.write(audio.streaming_wav_header(SAMPLE_RATE))
-            audio.write(wave[start : start + STREAM_PIECE_SAMPLES], SAMPLE_RATE, "pcm", data)
+            data = self.encoder.encode(wave[start : start + STREAM_PIECE_SAMPLES])
             self.timings.mark("first_audio")
             self.emit({"chunk": self.count, "format": self.fmt, "sample_rate": SAMPLE_RATE,
-                       "audio_base64": base64.b64encode(data.getvalue()).decode("ascii")})
+                       "audio_base64": base64.b64encode(data).decode("ascii")})
             self.count += 1

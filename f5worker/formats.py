@@ -27,6 +27,9 @@ OUTPUT_FORMATS = {
 # Formats whose bytes can be sent piece by piece while synthesis runs: raw PCM, and WAV as a
 # streaming header (see `streaming_wav_header`) followed by the same PCM.
 STREAM_FORMATS = ("wav", "pcm")
+# Formats `audio.StreamEncoder` sends piece by piece as the audio is made (the HTTP server's streams); the
+# others (flac, whose header libsndfile completes at the end) come whole once the audio is done.
+INCREMENTAL_FORMATS = ("wav", "pcm", "mp3", "ogg")
 VOICE_EXTENSIONS = ("wav", "flac", "mp3", "ogg")
 
 # word-timing files a job can ask for (``subtitles``), and their content types

@@ -35,7 +35,7 @@ from f5worker.contract import (
     UploadVoiceRequest,
     parse_job,
 )
-from f5worker.delivery import AudioStream, Delivered, Emit, Outbox, TextOutput
+from f5worker.delivery import AudioSink, AudioStream, Delivered, Emit, JobCancelled, Outbox, TextOutput
 from f5worker.engine.memory import OUT_OF_MEMORY, release_memory
 from f5worker.engine.scheduler import QueueFull
 from f5worker.formats import SAMPLE_RATE
@@ -55,6 +55,18 @@ DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 Progress = Callable[[str], None]  # gets "chunk i of n"
 NON_WORD = re.compile(r"\d|[^\w\s.,!?;:'\"()-]")  # a heard word with a digit or a symbol: normalised
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a job failed. ``message`` is the result's ``error``; ``cause`` (the class of what was raised),
+    ``field`` (the input field an InputError names) and ``retry`` (the same job may succeed later) are
+    for a caller that answers with a status (the HTTP server)."""
+
+    message: str
+    cause: type[Exception]
+    field: str | None = None
+    retry: bool = False
 
 
 @dataclass
@@ -105,40 +117,55 @@ class Worker:
         ``progress`` is told "chunk i of n" as synthesis goes; ``emit`` (the streaming handler's)
         gets a ``"stream": true`` job's audio piece by piece, before the result is returned.
         """
-        job_id = str(job.get("id", "local"))
+        outcome = self.execute(job.get("input"), str(job.get("id", "local")), progress, emit)
+        return {"error": outcome.message} if isinstance(outcome, Failure) else outcome
+
+    def execute(self, job_input: Any, job_id: str = "local", progress: Progress | None = None,
+                emit: Emit | None = None, sink: AudioSink | None = None) -> dict[str, Any] | Failure:
+        """``run`` for a caller that needs to know why a job failed: its result, or a :class:`Failure`.
+
+        ``job_input`` is a job's ``input``, or a request already parsed from one (``contract``).
+        ``sink``: a synthesis of one text sends its audio there as it is made (or whole, at the end,
+        with ``remove_silence``, which needs all of it) instead of into an output file.
+        """
         timings = Timings()
         job_dir: Path | None = None
         out_of_memory = False
         try:
             job_dir = make_job_dir(job_id)  # inside the try: a full disk fails the job, not the worker
-            request = parse_job(job.get("input"), self.limits)
-            result = self._dispatch(job_id, request, job_dir, timings, progress, emit)
+            request = job_input if isinstance(job_input, JobRequest) else parse_job(job_input, self.limits)
+            result = self._dispatch(job_id, request, job_dir, timings, progress, emit, sink)
             log.info("job %s done: %s timings=%s", job_id, type(request).__name__, result["timings_ms"])
             return result
         except CLIENT_ERRORS as err:
             log.info("job %s rejected: %s", job_id, err)
-            return {"error": str(err)}
+            return Failure(str(err), type(err), getattr(err, "field", None))
+        except JobCancelled as err:
+            log.info("job %s cancelled: %s", job_id, err)
+            return Failure(f"cancelled: {err}", JobCancelled)
         except QueueFull as err:
             log.warning("job %s refused: %s", job_id, err)
-            return {"error": f"busy: {err}" + ("; retry later" if err.items <= err.limit else "")}
+            retry = err.items <= err.limit
+            return Failure(f"busy: {err}" + ("; retry later" if retry else ""), QueueFull, retry=retry)
         except (ClientError, BotoCoreError) as err:
             log.warning("job %s: S3 error: %s", job_id, err)
-            return {"error": s3.describe_error(err, self.bucket.name)}
+            return Failure(s3.describe_error(err, self.bucket.name), type(err))
         except OUT_OF_MEMORY as err:
             log.error("job %s: out of memory: %s", job_id, str(err))
             # The failed job's frames hold its tensors; clear them even if something (a log
             # handler, an error reporter) keeps the exception alive.
             traceback.clear_frames(err.__traceback__)
             out_of_memory = True
-            return {"error": f"out of memory during synthesis ({type(err).__name__}); "
-                             "retry with shorter text or fewer concurrent jobs"}
+            return Failure(f"out of memory during synthesis ({type(err).__name__}); "
+                           "retry with shorter text or fewer concurrent jobs", type(err), retry=True)
         except Exception as err:  # one job's failure must not take the worker down
             if isinstance(err, OSError) and err.errno in DISK_FULL:
                 log.error("job %s: scratch space exhausted: %s", job_id, err)
-                return {"error": f"scratch space exhausted in {scratch_root()} ({err.strerror}); "
-                                 "the job's files were removed, retry later or give the worker more disk"}
+                return Failure(f"scratch space exhausted in {scratch_root()} ({err.strerror}); "
+                               "the job's files were removed, retry later or give the worker more disk", OSError,
+                               retry=True)
             log.exception("job %s failed", job_id)
-            return {"error": f"internal error: {type(err).__name__}: {err}"}
+            return Failure(f"internal error: {type(err).__name__}: {err}", type(err))
         finally:
             if job_dir is not None:
                 shutil.rmtree(job_dir, ignore_errors=True)
@@ -146,11 +173,14 @@ class Worker:
                 release_memory()
 
     def _dispatch(self, job_id: str, request: JobRequest, job_dir: Path, timings: Timings,
-                  progress: Progress | None, emit: Emit | None) -> dict[str, Any]:
+                  progress: Progress | None, emit: Emit | None, sink: AudioSink | None) -> dict[str, Any]:
         if isinstance(request, SynthesisRequest):
-            if request.stream and emit is None:
-                raise InputError("stream", "this worker runs the classic handler: start it with STREAMING=1 to stream")
-            return self._synthesize(job_id, request, job_dir, timings, progress, emit)
+            if request.stream:
+                if emit is None:
+                    raise InputError("stream", "this worker runs the classic handler: start it with STREAMING=1 to "
+                                               "stream")
+                sink = AudioStream(request.output_format, emit, timings)
+            return self._synthesize(job_id, request, job_dir, timings, progress, sink)
         if isinstance(request, ListVoicesRequest):
             result = {"voices": self.voices.list_voices()}
         elif isinstance(request, UploadVoiceRequest):
@@ -190,8 +220,9 @@ class Worker:
         return self.voices.job_reference(source, request.ref_text, timings)
 
     def _synthesize(self, job_id: str, request: SynthesisRequest, job_dir: Path, timings: Timings,
-                    progress: Progress | None, emit: Emit | None) -> dict[str, Any]:
-        """Every text with one prepared reference; a stream job's audio goes to ``emit`` as it is made."""
+                    progress: Progress | None, sink: AudioSink | None) -> dict[str, Any]:
+        """Every text with one prepared reference; with a ``sink`` (one text), the audio goes there as it is
+        made, or whole at the end with ``remove_silence``, instead of into an output file."""
         if (request.needs_recognition or request.verify) and self.asr is None:
             name = "verify" if request.verify else "return_word_timings" if request.return_word_timings else "subtitles"
             raise InputError(name, "needs speech recognition, which is off on this endpoint (ASR_ENABLED)")
@@ -200,14 +231,18 @@ class Worker:
         plans = [self._plan(script, reference.duration_s, reference.text, request.params.speed) for script in scripts]
         counts = [sum(isinstance(chunk, str) for chunk in chunks) for chunks in plans]
         total = sum(counts)
-        stream = AudioStream(request.output_format, emit, timings) if request.stream and emit else None
+        live = None if request.remove_silence else sink
         waves, checks = [], []
         for chunks, done in zip(plans, itertools.accumulate(counts, initial=0), strict=False):
             def on_chunk(index: int, _count: int, part: np.ndarray, done: int = done) -> None:
                 if progress is not None:
                     progress(f"chunk {done + index} of {total}")
-                if stream is not None:
-                    stream.send(part)
+                if live is not None:
+                    try:
+                        live.send(part)
+                    except JobCancelled as err:
+                        raise JobCancelled(f"{err} after chunk {done + index} of {total}; the chunks not started "
+                                           "were dropped") from None
 
             retakes = self._retakes(request, timings) if request.verify else None
             with timings.measure("synthesize"):
@@ -215,6 +250,8 @@ class Worker:
                                              keep=retakes.keep if retakes else None)
             waves.append(audio.shorten_silences(wave, SAMPLE_RATE) if request.remove_silence else wave)
             checks.append({"verify": retakes.report()} if retakes else {})
+        if sink is not None and live is None:
+            sink.send(waves[0])
         spoken = [ssml.spoken_text(script) for script in scripts]
         extras = [{"normalized_text": text, **check} for text, check in zip(spoken, checks, strict=True)]
         result: dict[str, Any] = {
@@ -225,8 +262,8 @@ class Worker:
             "voice_cached": cached,
         }
         durations = [round(len(wave) / SAMPLE_RATE, 3) for wave in waves]
-        if stream is not None:
-            result.update(duration_s=durations[0], chunks=stream.count, **extras[0])
+        if sink is not None:
+            result.update(duration_s=durations[0], chunks=sink.count, **extras[0])
         else:
             outputs = self._outputs(job_id, request, waves, durations, spoken, job_dir, timings)
             if request.several:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from f5worker.contract import JobLimits
@@ -30,6 +30,8 @@ RUNPOD_LOG_LEVELS = ("NOTSET", "TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 FALSE_WORDS = ("0", "false", "no", "off")
 PRESIGN_MAX_S = 7 * 24 * 3600  # S3 refuses a SigV4 presigned URL valid for longer than a week
 CONCURRENCY_LIMIT = 64  # most jobs one worker takes at once (MAX_CONCURRENCY)
+WORKER_MODES = ("QUEUE", "HTTP")
+PORT_MAX = 65535
 
 Number = TypeVar("Number", int, float)
 
@@ -63,6 +65,21 @@ DEFAULT_ENGINE = EngineLimits()
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """The server of ``WORKER_MODE=http`` (RunPod's load-balancing endpoints): ``PORT``, ``PORT_HEALTH``
+    (``/ping``; unset: the same port), ``HTTP_HOST`` and ``HTTP_API_KEY``, which the repr leaves out."""
+
+    port: int = 80
+    health_port: int | None = None
+    host: str = "0.0.0.0"
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def ping_port(self) -> int:
+        return self.health_port or self.port
+
+
+@dataclass(frozen=True)
 class Settings:
     """The worker's whole configuration; ``BucketSettings``' repr keeps the secret out of logs."""
 
@@ -78,6 +95,8 @@ class Settings:
     log_level: str  # LOG_LEVEL, a ``logging`` level name
     runpod_log_level: str  # RUNPOD_LOG_LEVEL, the SDK's; INFO, not the SDK's DEBUG, which logs every job's output
     engine: EngineLimits
+    mode: str = "queue"  # WORKER_MODE: "queue" (RunPod's job queue) or "http" (a load-balancing endpoint's server)
+    http: HttpSettings = HttpSettings()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -111,6 +130,13 @@ class Settings:
                 max_batch=_positive(env, "ENGINE_MAX_BATCH", 0) or None,
                 max_queue=_positive(env, "ENGINE_MAX_QUEUE", EngineLimits.max_queue),
                 max_concurrency=_positive(env, "MAX_CONCURRENCY", 0, CONCURRENCY_LIMIT) or None,
+            ),
+            mode=_choice(env, "WORKER_MODE", "QUEUE", WORKER_MODES).lower(),
+            http=HttpSettings(
+                port=_positive(env, "PORT", HttpSettings.port, PORT_MAX),
+                health_port=_positive(env, "PORT_HEALTH", 0, PORT_MAX) or None,
+                host=_value(env, "HTTP_HOST") or HttpSettings.host,
+                api_key=_value(env, "HTTP_API_KEY"),
             ),
         )
 

@@ -77,6 +77,10 @@ class VoiceError(ValueError):
     """The requested voice cannot be used; the message is safe to show to the client."""
 
 
+class VoiceNotFound(VoiceError):
+    """No voice of that name: not in the bucket, or there is no bucket (the HTTP server's 404)."""
+
+
 @dataclass(frozen=True)
 class Clip:
     """A reference clip as the model hears it: mono at ``SAMPLE_RATE``, silent edges trimmed, at
@@ -272,7 +276,7 @@ class VoiceLibrary:
         if name == DEFAULT_VOICE:
             return self._default(ref_text, timings)
         if not self.has_bucket:
-            raise VoiceError(f"voice {name!r} needs a bucket, and BUCKET_NAME is not set")
+            raise VoiceNotFound(f"voice {name!r} needs a bucket, and BUCKET_NAME is not set")
         return self._from_s3(name, ref_text, workdir, timings)
 
     def job_reference(self, source: Path, ref_text: str | None, timings: Timings) -> tuple[Reference, bool]:
@@ -359,7 +363,7 @@ class VoiceLibrary:
         self._require_bucket()
         files = self._files(name)
         if files is None:
-            raise VoiceError(f"voice {name!r} not found")
+            raise VoiceNotFound(f"voice {name!r} not found")
         transcripts = [k for k in files.objects if extension(k) == "txt"]
         s3.delete_objects(self.client, self.bucket.name, [k for k in files.objects if k not in transcripts])
         s3.delete_objects(self.client, self.bucket.name, transcripts)
@@ -409,7 +413,7 @@ class VoiceLibrary:
         clip = files.clip if files else None
         if clip is None:
             extensions = "" if voice_stem(name) != name else f".{{{','.join(VOICE_EXTENSIONS)}}}"
-            raise VoiceError(f"voice {name!r} not found: no {prefix}{name}{extensions} in the bucket")
+            raise VoiceNotFound(f"voice {name!r} not found: no {prefix}{name}{extensions} in the bucket")
         if clip["Size"] > (cap := self.limits.voice_max_bytes):
             raise VoiceError(f"voice {name!r} is {clip['Size']} bytes, over the {cap}-byte limit")
         if clip["Size"] == 0:

@@ -45,6 +45,66 @@ def test_pcm_is_the_wav_payload_and_a_streaming_header_makes_it_a_wav(tmp_path):
     np.testing.assert_allclose(decoded, wave, atol=1 / 32767)
 
 
+def encode_in_parts(fmt: str, parts: list[np.ndarray]) -> list[bytes]:
+    """What a StreamEncoder returns for each part, then for finish()."""
+    encoder = audio.StreamEncoder(fmt, SR)
+    return [encoder.encode(part) for part in parts] + [encoder.finish()]
+
+
+def decode_bytes(data: bytes, fmt: str, tmp_path) -> np.ndarray:
+    path = tmp_path / f"decoded.{fmt}"
+    if fmt == "pcm":
+        return np.frombuffer(data, "<i2").astype(np.float32) / 32768
+    path.write_bytes(data)
+    return audio.read_mono(path)[0]
+
+
+PARTS = [tone(1.0), tone(0.5, amp=0.2), tone(1.5, amp=0.1)]  # 3 s in all
+
+
+@pytest.mark.parametrize("fmt", ["pcm", "wav", "mp3", "ogg"])
+def test_a_stream_encoder_sends_bytes_with_every_part_and_they_decode_as_they_come(tmp_path, fmt):
+    pieces = encode_in_parts(fmt, PARTS)
+    assert all(pieces[:-2])  # bytes leave with the first parts, not only at the end
+    whole = decode_bytes(b"".join(pieces), fmt, tmp_path)
+    assert len(whole) == pytest.approx(3 * SR, abs=0.1 * SR)  # mp3 adds the encoder's delay, ~70 ms
+    first_two = decode_bytes(b"".join(pieces[:2]), fmt, tmp_path)  # what a client holds mid-stream
+    assert len(first_two) > SR / 2
+
+
+def test_streamed_pcm_and_wav_are_exactly_the_whole_files(tmp_path):
+    whole = np.concatenate(PARTS)
+    for fmt in ("pcm", "wav"):
+        expected = io.BytesIO()
+        audio.write(whole, SR, fmt, expected)
+        streamed = b"".join(encode_in_parts(fmt, PARTS))
+        if fmt == "wav":
+            assert streamed[:44] == audio.streaming_wav_header(SR) and streamed[44:] == expected.getvalue()[44:]
+        else:
+            assert streamed == expected.getvalue()
+    assert b"".join(encode_in_parts("wav", [])) == audio.streaming_wav_header(SR)
+
+
+def test_the_streamed_mp3_is_constant_bitrate_without_the_tag_written_over_its_first_frame(tmp_path):
+    data = b"".join(encode_in_parts("mp3", PARTS))
+    assert b"Xing" not in data and b"Info" not in data[:2000]  # a stream cannot go back to write it
+    bitrates, at = set(), 0
+    while at + 4 <= len(data):  # MPEG-2 layer III frame headers: 12 sync bits, then the bitrate index
+        header = int.from_bytes(data[at : at + 4], "big")
+        assert header >> 21 == 0x7FF, f"no frame header at byte {at}"
+        kbps = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)[(header >> 12) & 15]
+        bitrates.add(kbps)
+        at += 72 * kbps * 1000 // SR + ((header >> 9) & 1)
+    assert bitrates == {80} and at == len(data)
+
+
+def test_a_format_that_cannot_stream_comes_whole_from_finish(tmp_path):
+    pieces = encode_in_parts("flac", PARTS)
+    assert pieces[:-1] == [b"", b"", b""]
+    decoded = decode_bytes(pieces[-1], "flac", tmp_path)
+    np.testing.assert_allclose(decoded, np.concatenate(PARTS), atol=2 / 32767)
+
+
 def test_unreadable_and_empty_audio(tmp_path):
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"not audio at all" * 10)

@@ -18,6 +18,7 @@ import torch
 from f5worker.contract import MAX_TEXT_CHARS, parse_request
 from f5worker.model_cache import resolve_model
 from f5worker.model_files import BUILTIN_CHECKPOINTS, DEFAULT_MODEL, HubFile, ModelSources
+from f5worker.settings import Settings
 from f5worker.storage import BucketSettings, CachePaths
 from tests.support.audio_bytes import decode
 from tests.support.env_vars import env_vars_read_by_code
@@ -85,6 +86,13 @@ def test_env_defaults_are_the_codes_defaults():
 def test_entry_point_is_the_handler_unbuffered():
     cmds = [args for name, args in instructions() if name in ("CMD", "ENTRYPOINT")]
     assert [json.loads(c) for c in cmds] == [["python", "-u", "runpod_handler.py"]]
+
+
+def test_the_exposed_port_is_the_http_modes_default():
+    from f5worker.settings import HttpSettings
+
+    exposed = [args for name, args in instructions() if name == "EXPOSE"]
+    assert exposed == [str(HttpSettings.port)] and Settings.from_env({}).http.port == HttpSettings.port
 
 
 def test_base_image_python_and_install_steps_match_the_project():
@@ -170,6 +178,8 @@ def test_hub_json_env_inputs_match_the_code():
     assert env["F5TTS_MODEL"]["input"]["default"] == DEFAULT_MODEL
     assert [o["value"] for o in env["F5TTS_MODEL"]["input"]["options"]] == list(BUILTIN_CHECKPOINTS)
     assert env["MAX_TEXT_CHARS"]["input"]["default"] == MAX_TEXT_CHARS
+    assert [o["value"] for o in env["WORKER_MODE"]["input"]["options"]] == ["queue", "http"]
+    assert Settings.from_env({"WORKER_MODE": env["WORKER_MODE"]["input"]["default"]}).mode == "queue"
     for preset in HUB["config"]["presets"]:
         assert preset["name"] and set(preset["defaults"]) <= set(env)
         ModelSources.from_env({k: str(v) for k, v in preset["defaults"].items()})  # a valid model selection

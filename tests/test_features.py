@@ -164,6 +164,12 @@ def test_openai_formats_map_to_native(make_worker, response_format, native):
     assert result["duration_s"] == native_result["duration_s"]
 
 
+def test_openai_voice_object_empty_instructions_and_audio_stream_format_are_accepted(make_worker):
+    worker = make_worker({})
+    result = worker.run(openai(voice={"id": "default"}, instructions="", stream_format="audio"))
+    assert result["voice"] == "default" and result["format"] == "mp3"
+
+
 def test_openai_pcm_is_raw_16_bit_little_endian_24k(make_worker):
     worker = make_worker({})
     pcm = b64(worker.run(openai(response_format="pcm")))
@@ -180,7 +186,13 @@ def test_openai_pcm_is_raw_16_bit_little_endian_24k(make_worker):
     ({"model": 5}, "input.model: must be a string"),
     ({"input": ""}, "input.input: is empty"),
     ({"speed": 5.0}, "input.speed: must be between 0.25 and 4"),
-    ({"instructions": "cheerful"}, "input.instructions: unknown field"),
+    ({"instructions": "cheerful"}, "input.instructions: cannot be honoured: F5-TTS speaks in the manner of the "
+                                   "reference voice and takes no instructions"),
+    ({"instructions": 5}, "input.instructions: must be a string, not int"),
+    ({"stream_format": "sse"}, "input.stream_format: sse is served by the HTTP mode (WORKER_MODE=http)"),
+    ({"stream_format": "chunks"}, "input.stream_format: must be one of audio, sse"),
+    ({"voice": {"name": "alice"}}, 'input.voice: must be a voice name or {"id": <voice name>}'),
+    ({"voice": {"id": "../x"}}, "input.voice: must be 1-64 letters, digits"),
 ])
 def test_openai_input_errors(make_worker, fields, expected):
     assert expected in make_worker({}).run(openai(**fields))["error"]

@@ -15,7 +15,7 @@ import pytest
 import validate_storage_config as v
 from f5worker.contract import InputError, JobLimits, parse_job
 from f5worker.model_files import AsrSettings, ModelSources
-from f5worker.settings import RUNPOD_LOG_LEVELS, EngineLimits, Settings, SettingsError
+from f5worker.settings import RUNPOD_LOG_LEVELS, EngineLimits, HttpSettings, Settings, SettingsError
 from f5worker.storage import BucketSettings, CachePaths, S3Limits
 from tests.support.bucket import BUCKET_ENV_KEYS
 from tests.support.env_vars import env_vars_read_by_code
@@ -25,7 +25,8 @@ MODULES = sorted(p for p in [*ROOT.glob("*.py"), *(ROOT / "f5worker").glob("*.py
 PARSED = ("MAX_TEXT_CHARS", "MAX_TEXTS", "VOICE_MAX_BYTES", "VOICE_MAX_SECONDS", "S3_CONNECT_TIMEOUT_S",
           "S3_READ_TIMEOUT_S", "S3_MAX_ATTEMPTS", "S3_PRESIGN_EXPIRES_S", "F5TTS_WARMUP", "LOG_LEVEL",
           "RUNPOD_LOG_LEVEL", "STREAMING", "HF_HUB_OFFLINE", "ENGINE_MAX_BATCH", "ENGINE_MAX_QUEUE",
-          "MAX_CONCURRENCY")  # by settings.py itself, not by a tier's from_env
+          "MAX_CONCURRENCY", "WORKER_MODE", "PORT", "PORT_HEALTH", "HTTP_HOST",
+          "HTTP_API_KEY")  # by settings.py itself, not by a tier's from_env
 
 
 def test_defaults_are_the_documented_ones():
@@ -41,6 +42,8 @@ def test_defaults_are_the_documented_ones():
     assert s.asr == AsrSettings.from_env({}) and not s.asr.enabled
     assert s.engine == EngineLimits(max_batch=None, max_queue=256, max_concurrency=None)
     assert (s.engine.batch_for("cpu"), s.engine.batch_for("cuda:0")) == (1, 8)
+    assert s.mode == "queue"
+    assert s.http == HttpSettings(port=80, health_port=None, host="0.0.0.0", api_key=None) and s.http.ping_port == 80
     # an empty number or choice is unset, as RunPod passes a template's blank optional fields
     assert Settings.from_env(dict.fromkeys(PARSED, "")) == s
 
@@ -55,6 +58,17 @@ def test_values_are_parsed():
     assert Settings.from_env({"F5TTS_WARMUP": "off"}).warm_up == "0"
     engine = Settings.from_env({"ENGINE_MAX_BATCH": "4", "ENGINE_MAX_QUEUE": "32", "MAX_CONCURRENCY": "64"}).engine
     assert engine == EngineLimits(max_batch=4, max_queue=32, max_concurrency=64)
+    http = Settings.from_env({"WORKER_MODE": "Http", "PORT": "8000", "PORT_HEALTH": "8001", "HTTP_HOST": "127.0.0.1",
+                              "HTTP_API_KEY": " sk-local "})
+    assert http.mode == "http"
+    assert http.http == HttpSettings(port=8000, health_port=8001, host="127.0.0.1", api_key="sk-local")
+    assert http.http.ping_port == 8001 and Settings.from_env({"PORT": "8000"}).http.ping_port == 8000
+
+
+def test_the_http_api_key_stays_out_of_the_settings_repr():
+    settings = Settings.from_env({"HTTP_API_KEY": "sk-very-secret"})
+    assert settings.http.api_key == "sk-very-secret"
+    assert "sk-very-secret" not in repr(settings)
 
 
 @pytest.mark.parametrize(("variable", "value", "why"), [
@@ -83,6 +97,10 @@ def test_values_are_parsed():
     ("MAX_CONCURRENCY", "65", "must be at most 64, not '65'"),
     ("MAX_CONCURRENCY", "0", "must be greater than 0, not '0'"),
     ("ASR_MODEL", "a/b/c", "'a/b/c' is not a Hugging Face repo id of the form owner/name"),
+    ("WORKER_MODE", "serverless", "must be one of QUEUE, HTTP, not 'serverless'"),
+    ("PORT", "http", "must be an integer, not 'http'"),
+    ("PORT", "65536", "must be at most 65535, not '65536'"),
+    ("PORT_HEALTH", "0", "must be greater than 0, not '0'"),
 ])
 def test_a_bad_value_is_one_error_naming_the_variable(variable: str, value: str, why: str):
     with pytest.raises(SettingsError) as caught:

@@ -246,3 +246,32 @@ def test_warm_up_synthesizes_and_leaves_the_default_voice_prepared(make_worker):
     assert "synthesize" in worker.warm_up()
     result = worker.run({"id": "first", "input": {"text": "Hello.", "nfe_step": 4}})
     assert result["voice_cached"] is True and "prepare_reference" not in result["timings_ms"]
+
+
+def test_a_callback_that_raises_cancels_the_chunks_not_yet_started_at_once():
+    """The HTTP server's stream raises from on_chunk when its client went away: the job's chunks still
+    waiting are dropped then, not whenever the exception (which a caller may keep) is freed."""
+    import threading
+
+    from f5worker.engine.scheduler import Scheduler
+
+    gate, sampled = threading.Event(), []
+
+    def sample(items):
+        sampled.extend(item.chunk_index for item in items)
+        if items[0].chunk_index > 0:
+            gate.wait(10)
+        return [np.full(2400, 0.1, np.float32) for _ in items]
+
+    model = TTSModel(model=None, vocoder=None, device="cpu", resolved=None)
+    model._scheduler = Scheduler(sample, max_batch=1, max_queue=16, key=lambda _item: 0)
+
+    def gone(index: int, count: int, part: np.ndarray) -> None:
+        raise ConnectionError("the client went away")
+
+    with pytest.raises(ConnectionError) as kept:
+        model.synthesize(torch.zeros(1, 2400), "Ref. ", ["a", "b", "c", "d", "e"], SynthesisParams(), gone)
+    assert model.scheduler.waiting == 0  # while the exception is still held
+    gate.set()
+    model.close()
+    assert sampled == [0, 1] and kept.value is not None

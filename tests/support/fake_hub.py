@@ -8,7 +8,8 @@ and ``X-Linked-Size``. GET honours ``Range: bytes=N-`` with 206 and ``Content-Ra
 file is a 404 with ``X-Error-Code: EntryNotFound``, an unknown repo one with ``RepoNotFound``.
 
 Every request is recorded (``requests``), and GET bodies can be streamed slowly (``chunk_delay_s``)
-so a test can kill a download half-way. Point ``HF_ENDPOINT`` at ``url``.
+so a test can kill a download half-way; while ``open`` is cleared, requests wait for it (a start-up
+held at its download). Point ``HF_ENDPOINT`` at ``url``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class FakeHub:
         self.files = files
         self.commit = commit
         self.chunk_delay_s = 0.0
+        self.open = threading.Event()
+        self.open.set()
         self.requests: list[HubRequest] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -103,6 +106,7 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self._serve(body=True)
 
         def _serve(self, body: bool) -> None:
+            hub.open.wait()
             match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", self.path.split("?")[0])
             if match is None:
                 return self._error(hub.record(HubRequest(self.command, "", self.path, 404)), "EntryNotFound")
