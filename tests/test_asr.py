@@ -100,7 +100,7 @@ import runpod_handler
 from f5worker.settings import Settings
 
 def whisper_modules():
-    return sorted(m for m in sys.modules if "whisper" in m)
+    return sorted(m for m in sys.modules if m.startswith(("transformers.models.whisper", "whisper")))
 
 report = {}
 for enabled in ("0", "1"):
