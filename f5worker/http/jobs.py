@@ -40,6 +40,7 @@ class JobStream:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._cancelled = threading.Event()
+        self._first: Any = None
 
     def start(self, work: Callable[[], Outcome]) -> JobStream:
         def run() -> None:
@@ -62,16 +63,24 @@ class JobStream:
     def cancel(self) -> None:
         self._cancelled.set()
 
-    async def next(self) -> Any:
-        return await self._queue.get()
+    async def first(self) -> Any:
+        """The first thing worth answering with (empty bytes are skipped): output, or the :class:`Done`
+        of a job that ended without any. :meth:`items` starts with it again."""
+        while not (item := await self._queue.get()):
+            pass
+        self._first = item
+        return item
 
-    async def rest(self) -> AsyncIterator[Any]:
-        """Everything after what :meth:`next` returned, up to and including the :class:`Done`."""
+    async def items(self) -> AsyncIterator[Any]:
+        """What the job puts, from :meth:`first`'s item on, up to and including its :class:`Done`."""
+        item, self._first = self._first, None
         while True:
-            item = await self._queue.get()
+            if item is None:
+                item = await self._queue.get()
             yield item
             if isinstance(item, Done):
                 return
+            item = None
 
 
 class ByteSink:

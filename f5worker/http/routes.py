@@ -15,7 +15,7 @@ from f5worker.contract import InputError, ListVoicesRequest, parse_delete_voice,
 from f5worker.http.bodies import json_object, upload_fields
 from f5worker.http.errors import ApiError, failure_error, input_error
 from f5worker.http.jobs import Done, JobStream
-from f5worker.http.speech import ReadyWorker, first_bytes, new_job_id
+from f5worker.http.speech import ReadyWorker, new_job_id
 from f5worker.pipeline import Failure, Worker
 
 router = APIRouter()
@@ -97,10 +97,10 @@ async def job(request: Request, worker: ReadyWorker) -> Response:
     stream = JobStream(request.app.state.executor)
     wants_stream = isinstance(job_input, dict) and job_input.get("stream") is True
     stream.start(lambda: worker.execute(job_input, job_id, emit=stream.put if wants_stream else None))
-    first = await first_bytes(stream)
+    first = await stream.first()
     if isinstance(first, Done):
         return job_result(first)
-    return StreamingResponse(ndjson(first, stream), media_type="application/x-ndjson")
+    return StreamingResponse(ndjson(stream), media_type="application/x-ndjson")
 
 
 def job_result(done: Done) -> JSONResponse:
@@ -110,10 +110,9 @@ def job_result(done: Done) -> JSONResponse:
     return JSONResponse(done.outcome)
 
 
-async def ndjson(first: dict[str, Any], stream: JobStream) -> AsyncIterator[bytes]:
+async def ndjson(stream: JobStream) -> AsyncIterator[bytes]:
     try:
-        yield json.dumps(first).encode() + b"\n"
-        async for item in stream.rest():
+        async for item in stream.items():
             if isinstance(item, Done):
                 item = {"error": item.outcome.message} if isinstance(item.outcome, Failure) else item.outcome
             yield json.dumps(item).encode() + b"\n"

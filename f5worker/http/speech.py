@@ -78,34 +78,23 @@ async def speech(request: Request, worker: ReadyWorker) -> Response:
 
     job.start(work)
     try:
-        first = await first_bytes(job)
+        first = await job.first()
     except BaseException:  # the request itself was cancelled (server shutting down)
         job.cancel()
         raise
-    if isinstance(first, Done):
-        if isinstance(first.outcome, Failure):
-            raise failure_error(first.outcome)
-        first = b""
+    if isinstance(first, Done) and isinstance(first.outcome, Failure):
+        raise failure_error(first.outcome)
     headers = {"X-Job-Id": job_id, "X-Seed": str(synthesis.params.seed), "X-Sample-Rate": str(SAMPLE_RATE)}
     if stream_format == "sse":
-        return StreamingResponse(sse_events(first, job, len(synthesis.texts[0])), media_type="text/event-stream",
+        return StreamingResponse(sse_events(job, len(synthesis.texts[0])), media_type="text/event-stream",
                                  headers={**headers, "Cache-Control": "no-cache"})
-    return StreamingResponse(audio_bytes(first, job), media_type=OUTPUT_FORMATS[synthesis.output_format].content_type,
+    return StreamingResponse(audio_bytes(job), media_type=OUTPUT_FORMATS[synthesis.output_format].content_type,
                              headers=headers)
 
 
-async def first_bytes(job: JobStream) -> bytes | Done:
-    """The job's first non-empty bytes, or its :class:`Done` when it ends without any."""
-    while not (item := await job.next()):
-        pass
-    return item
-
-
-async def audio_bytes(first: bytes, job: JobStream) -> AsyncIterator[bytes]:
+async def audio_bytes(job: JobStream) -> AsyncIterator[bytes]:
     try:
-        if first:
-            yield first
-        async for item in job.rest():
+        async for item in job.items():
             if isinstance(item, Done):
                 if isinstance(item.outcome, Failure):
                     raise StreamFailed(item.outcome.message)
@@ -123,14 +112,12 @@ def delta(data: bytes) -> bytes:
     return sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")})
 
 
-async def sse_events(first: bytes, job: JobStream, input_chars: int) -> AsyncIterator[bytes]:
+async def sse_events(job: JobStream, input_chars: int) -> AsyncIterator[bytes]:
     """OpenAI's speech events: ``speech.audio.delta`` with base64 audio (consecutive pieces of one file in
     the response format), then ``speech.audio.done``, whose ``usage`` counts the input's characters and
     the audio's chunks (this model has no tokens); or an ``error`` event with OpenAI's error object."""
     try:
-        if first:
-            yield delta(first)
-        async for item in job.rest():
+        async for item in job.items():
             if not isinstance(item, Done):
                 if item:
                     yield delta(item)
