@@ -2,9 +2,11 @@
 
 The worker runs as a real process (``runpod_handler.py --rp_serve_api``) on the tiny random-weight
 model, with moto S3 as its own process on 127.0.0.1. Jobs cycle through the voices alice (wav),
-bob (flac), carol (mp3) and default, the four output formats and nfe_step 2-4; half go through
-``/runsync``, half through ``/run`` then ``/status`` (which is where the local API runs them);
-every fifth overrides ``ref_text`` with a text of its own, so the voice cache sees far more
+bob (flac), carol (mp3) and default, the four output formats, nfe_step 2-4, three speeds, texts
+of one to eight sentences (the longest several chunks; one in Chinese) and now and then
+``remove_silence``, so the tensors and buffers of each job have sizes of their own; half go
+through ``/runsync``, half through ``/run`` then ``/status`` (which is where the local API runs
+them); every fifth overrides ``ref_text`` with a text of its own, so the voice cache sees far more
 distinct references than it may keep. The first 10 jobs run one by one and set the RSS baseline,
 the rest come from ``--clients`` threads at once. Then every output object is fetched, decoded
 and its duration compared with the job's answer, duplicates and stray objects are counted, and
@@ -33,13 +35,17 @@ TEXTS = (
     "Reliability is the jobs you do not drop.",
     "One, two, three, four, five.",
     "Serverless workers come and go; the outputs stay.",
+    "今天天气很好，我们去公园散步。",
 )
+SENTENCES = (1, 2, 4, 1, 8)  # a text is its sentence this many times over, in turn
+SPEEDS = (1.0, 0.8, 1.25)
 BASELINE_JOBS = 10
 RSS_EVERY = 50  # jobs between RSS samples
-# The stated bounds. Measured (600 jobs, 3 clients): RSS climbs ~95 MiB over the first ~100 jobs
-# (allocator arenas of the job threads, the voice cache filling, one of each codec) and then stays
-# flat, +13 MiB over the next 490 jobs. A leak of even 0.1 MiB a job breaks the second bound.
-MAX_RSS_GROWTH_MIB = 150.0  # RSS at the end over RSS after the first 10 jobs
+# The stated bounds. Measured (500 jobs, 3 clients; BENCHMARKS.md section 10): RSS climbs ~50 MiB
+# over the first ~50 jobs (the caches filling) and then stays flat, +14 MiB over the next 440, the
+# C heap's free pages handed back after each job (f5worker/heap.py); without that, +152 MiB.
+# A leak of even 0.1 MiB a job breaks the second bound.
+MAX_RSS_GROWTH_MIB = 100.0  # RSS at the end over RSS after the first 10 jobs
 MAX_LATE_GROWTH_MIB = 25.0  # RSS at the end over RSS at the sample nearest the run's midpoint
 
 
@@ -117,8 +123,9 @@ def rss_mib(pid: int) -> float:
 
 def job_input(i: int) -> dict[str, Any]:
     voice, fmt = VOICES[i % len(VOICES)], FORMATS[(i // len(VOICES)) % len(FORMATS)]
-    payload: dict[str, Any] = {"text": TEXTS[i % len(TEXTS)], "voice": voice, "output_format": fmt,
-                               "nfe_step": 2 + i % 3, "seed": i}
+    text = " ".join([TEXTS[i % len(TEXTS)]] * SENTENCES[(i // len(TEXTS)) % len(SENTENCES)])
+    payload: dict[str, Any] = {"text": text, "voice": voice, "output_format": fmt, "nfe_step": 2 + i % 3,
+                               "speed": SPEEDS[(i // 3) % len(SPEEDS)], "remove_silence": i % 7 == 3, "seed": i}
     if i % 5 == 0:
         payload["ref_text"] = f"Some call me nature, others call me mother nature, take {i}."
     return payload

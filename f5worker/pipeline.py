@@ -19,7 +19,7 @@ import numpy as np
 from botocore.client import BaseClient
 from botocore.exceptions import BotoCoreError, ClientError
 
-from f5worker import audio, s3, ssml, subtitles, url_fetch, wer
+from f5worker import audio, heap, s3, ssml, subtitles, url_fetch, wer
 from f5worker.asr import SpeechRecognizer, Word
 from f5worker.contract import (
     DEFAULT_LIMITS,
@@ -171,6 +171,7 @@ class Worker:
                 shutil.rmtree(job_dir, ignore_errors=True)
             if out_of_memory:  # here, once the exception and the frames it holds are gone
                 release_memory()
+            heap.release_free_memory()  # what the job freed, back to the system (f5worker/heap.py)
 
     def _dispatch(self, job_id: str, request: JobRequest, job_dir: Path, timings: Timings,
                   progress: Progress | None, emit: Emit | None, sink: AudioSink | None) -> dict[str, Any]:

@@ -83,6 +83,11 @@ def test_env_defaults_are_the_codes_defaults():
     assert "HF_HUB_OFFLINE" not in env  # the first worker on an empty volume must be able to download
 
 
+def test_the_image_caps_the_malloc_arenas():
+    """The glibc setting measured with the worker's per-job malloc_trim (BENCHMARKS.md section 10)."""
+    assert env_defaults()["MALLOC_ARENA_MAX"] == "2"
+
+
 def test_entry_point_is_the_handler_unbuffered():
     cmds = [args for name, args in instructions() if name in ("CMD", "ENTRYPOINT")]
     assert [json.loads(c) for c in cmds] == [["python", "-u", "runpod_handler.py"]]
