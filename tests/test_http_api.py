@@ -128,6 +128,19 @@ def test_a_voice_object_and_native_fields_are_accepted(client):
     assert decode(response.content, "wav")[1] == 24_000
 
 
+def test_the_text_fields_of_a_job_work_over_http(client, server):
+    """Issue 16's fields reach the same contract: a pause is exact silence in the audio, markup we
+    cannot read is a 400, and the native route reports what was spoken."""
+    pcm = speak(client, "pcm", 'One. <break time="1s"/> Two.')
+    silent = np.flatnonzero(np.diff(np.concatenate([[1], np.frombuffer(pcm, "<i2") != 0, [1]]).astype(np.int8)))
+    assert np.diff(silent)[::2].max() >= 24_000  # a run of at least 1 s of zero samples
+    with pytest.raises(openai.BadRequestError) as caught:
+        speak(client, "pcm", "<speak>Hello</speak>")
+    assert "cannot be read" in caught.value.body["message"]
+    result = requests.post(f"{server.url}/v1/job", json={"input": {"text": "It costs $5.", **FAST}}).json()
+    assert "five dollars" in result["normalized_text"] and "$" not in result["normalized_text"]
+
+
 # ---------------------------------------------------------------- streaming
 
 def test_streamed_audio_arrives_while_the_rest_is_synthesized(client, server, long_pcm):
