@@ -304,13 +304,13 @@ class OutOfMemoryOnce:
     def plan(self, *args):
         return self.model.plan(*args)
 
-    def synthesize(self, *args):
+    def synthesize(self, *args, **kwargs):
         if self.hog is None:
             hog = torch.ones(25_000_000)  # 100 MB
             self.hog = weakref.ref(hog)
             err = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
             raise err
-        return self.model.synthesize(*args)
+        return self.model.synthesize(*args, **kwargs)
 
 
 def test_out_of_memory_frees_memory_and_the_next_job_runs(make_worker, bucket_env, scratch, monkeypatch):

@@ -192,7 +192,7 @@ def test_openai_pcm_is_raw_16_bit_little_endian_24k(make_worker):
     ({"stream_format": "sse"}, "input.stream_format: sse is served by the HTTP mode (WORKER_MODE=http)"),
     ({"stream_format": "chunks"}, "input.stream_format: must be one of audio, sse"),
     ({"voice": {"name": "alice"}}, 'input.voice: must be a voice name or {"id": <voice name>}'),
-    ({"voice": {"id": "../x"}}, "input.voice: must be 1-64 letters, digits"),
+    ({"voice": {"id": "../x"}}, "input.voice: must be a voice name (1-64 letters, digits"),
 ])
 def test_openai_input_errors(make_worker, fields, expected):
     assert expected in make_worker({}).run(openai(**fields))["error"]
