@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import re
+import string
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,8 +31,16 @@ pytestmark = pytest.mark.process
 
 FAST = {"seed": 7, "nfe_step": 4}
 SHORT = "Hello from an OpenAI client."
-LONG = " ".join(f"Sentence number {i} is here." for i in range(18))  # 3 chunks with the default voice
-LONGER = " ".join(f"Sentence number {i} is here." for i in range(24))  # 4 chunks
+
+
+def sentences(n: int) -> str:
+    """``n`` numbered sentences without digits (normalisation leaves them as they are), each of the
+    bytes of "Sentence number <i> is here.", which the chunk counts below were sized with."""
+    return " ".join(f"Sentence number {string.ascii_lowercase[i % 26] * len(str(i))} is here." for i in range(n))
+
+
+LONG = sentences(18)  # 3 chunks with the default voice
+LONGER = sentences(24)  # 4 chunks
 QUEUE = 4  # ENGINE_MAX_QUEUE of the main server: LONG and LONGER fit, LONG_OVER does not
 LONG_OVER = LONG * 2
 
