@@ -19,7 +19,7 @@ from tests.support.worker_process import HttpWorkerProcess
 pytestmark = pytest.mark.process
 
 KEY = "sk-playground-test"
-TEXT = " ".join(f"Sentence number {i} is here." for i in range(12))  # 2 chunks with the default voice
+TEXT = " ".join(f"Sentence number {i} is here." for i in range(12))  # several chunks (numbers written out)
 
 
 @pytest.fixture(scope="module")
