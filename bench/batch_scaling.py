@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from bench.throughput import TEXTS, device_name, model_env
+from bench.throughput import TEXTS, device_name, selected_model
 
 
 def busy_share(sampler, items) -> tuple[float, float]:
@@ -68,12 +66,8 @@ def main() -> None:
     parser.add_argument("--no-mask", action="store_true",
                         help="ablation: attention unmasked (exact here only because the items have one length)")
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="f5tts-batch-scaling-"))
-    try:
-        os.environ.update({"HF_HUB_OFFLINE": "1", **model_env(args, home)})
+    with selected_model(args):
         measure(args)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def measure(args: argparse.Namespace) -> None:

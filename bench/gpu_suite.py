@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 from bench.cold_start import CASES, MARK, PRELUDE, REPORT, drop_caches, run_case
-from bench.throughput import compare, device_name, engine_sampling, model_env, report
+from bench.throughput import compare, device_name, engine_sampling, report, selected_model
 
 SENTENCES = (
     "The old lighthouse keeper climbed the spiral stairs every evening.",
@@ -152,14 +150,10 @@ def main() -> None:
                         help="one throughput table per value; default: the worker's (ENGINE_MAX_BATCH)")
     parser.add_argument("--cold-rounds", type=int, default=3)
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="f5tts-gpu-suite-"))
-    try:
-        started = time.perf_counter()
-        os.environ.update({"HF_HUB_OFFLINE": "1", **model_env(args, home)})
+    started = time.perf_counter()
+    with selected_model(args):
         print(f"model files ready in {time.perf_counter() - started:.1f} s", flush=True)
         measure(args)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def measure(args: argparse.Namespace) -> None:

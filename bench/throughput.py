@@ -27,7 +27,9 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -166,16 +168,25 @@ def handoff_ms(scheduler_cls: type[Scheduler], rounds: int = 1000) -> tuple[floa
     return statistics.median(times), pct(times, 95)
 
 
-def model_env(args: argparse.Namespace, home: Path) -> dict[str, str]:
-    """The environment selecting the tiny model (built in ``home``) or the full-size one (in ``--dir``)."""
-    if args.tiny:
-        from tests.support.tiny_models import build_tiny_cache
+@contextmanager
+def selected_model(args: argparse.Namespace) -> Iterator[None]:
+    """``os.environ`` selecting the tiny model (``--tiny``, built in a temp dir removed on exit) or the
+    full-size one (built once in ``--dir``), offline."""
+    home = Path(tempfile.mkdtemp(prefix="f5tts-bench-"))
+    try:
+        if args.tiny:
+            from tests.support.tiny_models import build_tiny_cache
 
-        return {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), **build_tiny_cache(home / "hub")}
-    from bench.full_model import ensure_full_cache
+            env = {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), **build_tiny_cache(home / "hub")}
+        else:
+            from bench.full_model import ensure_full_cache
 
-    ensure_full_cache(args.dir)
-    return {"HF_HOME": str(args.dir), "HF_HUB_CACHE": str(args.dir / "hub"), "F5TTS_MODEL": "F5TTS_v1_Base"}
+            ensure_full_cache(args.dir)
+            env = {"HF_HOME": str(args.dir), "HF_HUB_CACHE": str(args.dir / "hub"), "F5TTS_MODEL": "F5TTS_v1_Base"}
+        os.environ.update({"HF_HUB_OFFLINE": "1", **env})
+        yield
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def main() -> None:
@@ -191,12 +202,8 @@ def main() -> None:
                         help="default: the worker's (ENGINE_MAX_BATCH: 8 on CUDA, 1 on CPU)")
     parser.add_argument("--sampler", choices=("auto", "engine", "stand-in"), default="auto")
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="f5tts-bench-throughput-"))
-    try:
-        os.environ.update({"HF_HUB_OFFLINE": "1", **model_env(args, home)})
+    with selected_model(args):
         measure(args)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def measure(args: argparse.Namespace) -> None:
