@@ -75,12 +75,12 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="a checkout without normalisation, for the start time")
     args = parser.parse_args()
 
-    from tests.support.tiny_models import build_tiny_cache
+    from tests.support.tiny_models import build_tiny_cache, tiny_cache_env
 
     work = Path(tempfile.mkdtemp(prefix="normalize-bench-"))
+    build_tiny_cache(work / "hf" / "hub")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUCKET_", "ASR_"))}
-    env.update(build_tiny_cache(work / "hf" / "hub"))
-    env.update({"HF_HOME": str(work / "hf"), "HF_HUB_OFFLINE": "1", "TMPDIR": str(work), "PYTHONUNBUFFERED": "1",
+    env.update({**tiny_cache_env(work / "hf"), "TMPDIR": str(work), "PYTHONUNBUFFERED": "1",
                 "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)})
     ready: dict[str, list[float]] = {"this": [], "baseline": []}
     stages: dict[str, list[float]] = {}

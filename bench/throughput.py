@@ -175,15 +175,16 @@ def selected_model(args: argparse.Namespace) -> Iterator[None]:
     home = Path(tempfile.mkdtemp(prefix="f5tts-bench-"))
     try:
         if args.tiny:
-            from tests.support.tiny_models import build_tiny_cache
+            from tests.support.tiny_models import build_tiny_cache, tiny_cache_env
 
-            env = {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), **build_tiny_cache(home / "hub")}
+            build_tiny_cache(home / "hub")
+            os.environ.update(tiny_cache_env(home))
         else:
             from bench.full_model import ensure_full_cache
 
             ensure_full_cache(args.dir)
-            env = {"HF_HOME": str(args.dir), "HF_HUB_CACHE": str(args.dir / "hub"), "F5TTS_MODEL": "F5TTS_v1_Base"}
-        os.environ.update({"HF_HUB_OFFLINE": "1", **env})
+            os.environ.update({"HF_HOME": str(args.dir), "HF_HUB_CACHE": str(args.dir / "hub"),
+                               "HF_HUB_OFFLINE": "1", "F5TTS_MODEL": "F5TTS_v1_Base"})
         yield
     finally:
         shutil.rmtree(home, ignore_errors=True)
