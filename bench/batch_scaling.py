@@ -1,6 +1,13 @@
-"""Where a batched sampling pass spends its time: ``Sampler.sample`` on batches of 1 to 16
-equal-length items (one text, the packaged voice, seeds differing), straight on the model (no
-scheduler, no threads), so the rows show how the pass itself scales with the batch.
+"""Where a batched sampling pass spends its time: ``Sampler.sample`` on batches of 1 to 16 items
+(the packaged voice, seeds differing), straight on the model (no scheduler, no threads), so the
+rows show how the pass itself scales with the batch.
+
+``--lengths equal``: every item says one text, so a batch needs no padding and no mask.
+``--lengths mixed``: item i says the i-th of four texts of different lengths, padded to the
+longest and masked. ``--attention`` lists the ways to mask, each measured on the same batches in
+turn: ``broadcast`` (the worker's ``KeyPaddingAttention``), ``square`` (upstream's processor with
+its mask on, which expands it to batch x heads x frames x frames: the worker before it had its
+own) and ``none`` (no attention mask: exact only with equal lengths, an ablation).
 
 Per batch size: seconds per pass, audio seconds per second and its gain over batch 1, and, from
 ``torch.profiler`` over one more pass, how much of the wall time the device was busy (the sum of
@@ -9,6 +16,7 @@ waiting on the host (kernel launches, Python): there batching is nearly free; a 
 compute-bound: there it is not.
 
     python -m bench.batch_scaling [--dir DIR] [--batches 1 2 4 8 16] [--nfe 32]
+        [--lengths equal|mixed] [--attention broadcast square none]
     python -m bench.batch_scaling --tiny --batches 1 2 --nfe 2      # CPU smoke run
 """
 
@@ -22,14 +30,26 @@ from pathlib import Path
 
 from bench.throughput import TEXTS, device_name, selected_model
 
+ATTENTION = ("broadcast", "square", "none")
+
+
+def use_attention(transformer, mode: str) -> None:
+    """Give every DiT block the attention ``mode`` names (module docstring)."""
+    from f5worker.engine.attention import KeyPaddingAttention
+
+    for block in transformer.transformer_blocks:
+        processor = block.attn.processor
+        upstream = processor.upstream if isinstance(processor, KeyPaddingAttention) else processor
+        upstream.attn_mask_enabled = mode == "square"
+        block.attn.processor = KeyPaddingAttention(upstream) if mode == "broadcast" else upstream
+
 
 def busy_share(sampler, items) -> tuple[float, float]:
-    """One pass under the profiler: (device kernel time / wall time, vocoder share of the wall time)."""
+    """One more pass, on a GPU, under the profiler: (device kernel time / wall time, vocoder share
+    of the wall time)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    cuda = sampler.device.startswith("cuda")
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     vocode = sampler.vocode
     spent: list[float] = []
 
@@ -42,16 +62,13 @@ def busy_share(sampler, items) -> tuple[float, float]:
 
     sampler.vocode = timed_vocode
     try:
-        with profile(activities=activities) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             started = time.perf_counter()
             sampler.sample(items)
-            if cuda:
-                torch.cuda.synchronize()
+            torch.cuda.synchronize()
             wall = time.perf_counter() - started
     finally:
         del sampler.vocode
-    if not cuda:
-        return float("nan"), sum(spent) / wall
     kernels = sum(e.device_time_total for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
     return kernels / wall, sum(spent) / wall
 
@@ -63,8 +80,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--nfe", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-mask", action="store_true",
-                        help="ablation: attention unmasked (exact here only because the items have one length)")
+    parser.add_argument("--lengths", choices=("equal", "mixed"), default="mixed")
+    parser.add_argument("--attention", nargs="+", choices=ATTENTION, default=["broadcast"])
     args = parser.parse_args()
     with selected_model(args):
         measure(args)
@@ -81,47 +98,48 @@ def measure(args: argparse.Namespace) -> None:
     from f5worker.voices import builtin_voice, prepare_reference
 
     device = pick_device()
+    cuda = device.startswith("cuda")
     model = TTSModel.load(ModelSources.from_env(os.environ), Path(os.environ["HF_HUB_CACHE"]),
                           allow_download=False, device=device)
     sampler = Sampler(model.model, model.vocoder, device)
-    if args.no_mask:
-        for block in model.model.transformer.transformer_blocks:
-            block.attn.processor.attn_mask_enabled = False
     reference = prepare_reference(*builtin_voice())
-    text = model.plan(reference.duration_s, reference.text, TEXTS[1], 1.0)[0]
+    texts = [model.plan(reference.duration_s, reference.text, text, 1.0)[0] for text in TEXTS]
 
     def items(n: int) -> list[WorkItem]:
+        """n items; with mixed lengths item i says text (i + 1) mod 4, so batch 1 says TEXTS[1] either way."""
+        chosen = [texts[(i + 1) % len(texts)] if args.lengths == "mixed" else texts[1] for i in range(n)]
         return [WorkItem(reference.audio, reference.text, text, SynthesisParams(nfe_step=args.nfe, seed=i))
-                for i in range(n)]
+                for i, text in enumerate(chosen)]
 
     def timed(batch: list[WorkItem]) -> tuple[float, float]:
         started = time.perf_counter()
         waves = sampler.sample(batch)
-        if device.startswith("cuda"):
+        if cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - started, sum(len(w) for w in waves) / SAMPLE_RATE
 
     sampler.sample(items(1))  # untimed: kernels, handles
     print(f"{device_name(device)}; {'tiny' if args.tiny else 'full-size F5TTS_v1_Base'} random-weight model; "
-          f"nfe_step {args.nfe}; attention {'unmasked' if args.no_mask else 'masked'}; "
-          f"one chunk of {len(text.encode())} bytes; median of {args.repeats}")
-    print("| batch | s per pass | audio s/s | x batch 1 | device busy | vocoder share | peak GPU MiB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    base = None
+          f"nfe_step {args.nfe}; {args.lengths} lengths ({sorted({len(i.text.encode()) for i in items(4)})} bytes "
+          f"per chunk); median of {args.repeats}", flush=True)
+    print("| batch | attention | s per pass | audio s/s | x batch 1 | device busy | vocoder share | peak GPU MiB |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    base: dict[str, float] = {}
     for n in args.batches:
         batch = items(n)
-        timed(batch)  # untimed: this shape's first pass
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        runs = [timed(batch) for _ in range(args.repeats)]
-        seconds = statistics.median(r[0] for r in runs)
-        rate = runs[0][1] / seconds
-        base = base or rate
-        busy, vocoder = busy_share(sampler, batch)
-        peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else 0.0
-        print(f"| {n} | {seconds:.3f} | {rate:.1f} | {rate / base:.2f} | {busy:.0%} | {vocoder:.0%} | {peak:.0f} |",
-              flush=True)
-
+        for mode in args.attention:
+            use_attention(model.model.transformer, mode)
+            if cuda:
+                timed(batch)  # untimed: this shape's first pass (kernels, handles)
+                torch.cuda.reset_peak_memory_stats()
+            runs = [timed(batch) for _ in range(args.repeats)]
+            seconds = statistics.median(r[0] for r in runs)
+            rate = runs[0][1] / seconds
+            base.setdefault(mode, rate)
+            busy, vocoder = busy_share(sampler, batch) if cuda else (float("nan"), float("nan"))  # CPU: passes are long
+            peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
+            print(f"| {n} | {mode} | {seconds:.3f} | {rate:.1f} | {rate / base[mode]:.2f} | {busy:.0%} | "
+                  f"{vocoder:.0%} | {peak:.0f} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -14,8 +14,10 @@ In a batch each item's wave equals its wave sampled alone (``tests/test_sampler.
 - text: embedded per item and handed to the DiT through its text cache
   (``cache_text_embeddings``): its ConvNeXt blocks' GRN normalises over the whole padded
   sequence, and without ``text_mask_padding`` their convolutions run into the padding;
-- attention: masked to each item's frames (``mask_attention``), which the published configs
-  leave off (``attn_mask_enabled: False``): upstream samples one item at a time;
+- attention: masked to each item's frames (``attention.mask_attention``, with the mask broadcast,
+  not expanded to a square per head), which the published configs leave off
+  (``attn_mask_enabled: False``): upstream samples one item at a time; a batch whose items
+  all have one length needs no mask and gets none;
 - the input's ConvPositionEmbedding masks padding itself when given the mask; the other
   layers work per position;
 - the vocoder runs per item on its own trimmed mel.
@@ -36,6 +38,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torchdiffeq import odeint
 
 from f5worker.contract import SynthesisParams
+from f5worker.engine.attention import mask_attention
 from f5worker.engine.upstream import f5_model
 
 TARGET_RMS = 0.1  # quieter references are brought up to this RMS, and their output back down
@@ -100,17 +103,6 @@ def condition(model: torch.nn.Module, item: WorkItem, device: str) -> Conditioni
     return Conditioning(mel=mel, tokens=tokens, ref_frames=ref_frames, duration=duration, rms=rms)
 
 
-def mask_attention(transformer: torch.nn.Module) -> None:
-    """Have the DiT's attention ignore padded frames whenever it is given a mask. A lone item is
-    sampled without a mask (as upstream does), so its path is unchanged.
-
-    With the torch backend the processor expands the mask to (batch, heads, frames, frames), and
-    ``scaled_dot_product_attention`` turns a boolean mask into a float tensor of that shape: memory
-    a batch limit has to allow for."""
-    for block in transformer.transformer_blocks:
-        block.attn.processor.attn_mask_enabled = True
-
-
 def cache_text_embeddings(transformer: torch.nn.Module, conds: Sequence[Conditioning], frames: int) -> None:
     """Embed each item's text alone, as the DiT does for a lone item, pad to ``frames``, and store
     the batch in the DiT's text cache (conditional and unconditional), which its forward pass then
@@ -141,7 +133,8 @@ def integrate(model: torch.nn.Module, conds: Sequence[Conditioning], noise: Sequ
     step_cond = torch.where(ref_mask, cond, torch.zeros_like(cond))
     text = pad_sequence([c.tokens for c in conds], padding_value=-1, batch_first=True)
     batched = len(conds) > 1
-    mask = torch.stack([torch.arange(frames, device=device) < c.duration for c in conds]) if batched else None
+    padded = any(c.duration < frames for c in conds)
+    mask = torch.stack([torch.arange(frames, device=device) < c.duration for c in conds]) if padded else None
 
     def flow(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if params.cfg_strength < 1e-5:

@@ -13,7 +13,7 @@ INFERENCE_MODULES = ("utils", "modules", "backbones.dit", "backbones.unett", "ba
 
 @functools.cache
 def f5_model() -> SimpleNamespace:
-    """``CFM``, the backbones ``DiT``/``UNetT``/``MMDiT`` and the ``utils`` module of upstream's
+    """``CFM``, the backbones ``DiT``/``UNetT``/``MMDiT`` and the ``utils`` and ``modules`` modules of upstream's
     ``f5_tts.model``, without running ``f5_tts/model/__init__.py``.
 
     That ``__init__`` imports the ``Trainer``, and with it wandb, datasets and ema_pytorch:
@@ -46,4 +46,5 @@ def f5_model() -> SimpleNamespace:
         UNetT=loaded["backbones.unett"].UNetT,
         MMDiT=loaded["backbones.mmdit"].MMDiT,
         utils=loaded["utils"],
+        modules=loaded["modules"],
     )
