@@ -22,7 +22,8 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 from safetensors import SafetensorError
+from torch.overrides import TorchFunctionMode
 
 from f5worker import chunking
 from f5worker.contract import SynthesisParams
@@ -153,26 +155,52 @@ class Prefetch(threading.Thread):
         self.seconds = time.perf_counter() - started
 
 
+class _SkipMetaWrites(TorchFunctionMode):
+    """In-place operations on ``meta`` tensors (an init function's ``normal_``, ``uniform_``,
+    ``erfinv_``, ``zero_``...) return their tensor without running: a meta tensor holds no data
+    to write. Everything else runs as usual."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        target = args[0] if args else kwargs.get("tensor")  # nn.init passes its tensor by keyword
+        if name.endswith("_") and not name.endswith("__") and getattr(target, "is_meta", False):
+            return target
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def empty_parameters() -> Iterator[None]:
+    """Modules built inside get their parameters on the ``meta`` device, uninitialised
+    (accelerate's ``init_empty_weights``; buffers such as the mel filterbank and the text position
+    table stay real), for a ``load_state_dict(..., assign=True)`` to fill.
+
+    Their init functions' writes are skipped, not run on the meta tensors: there torch runs its
+    Python references of ``normal_``/``erfinv_``, whose first call imports torch._dynamo, about a
+    second of every start that nothing else needs (BENCHMARKS.md section 1)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False), _SkipMetaWrites():
+        yield
+
+
 def load_f5(model_cls: type, arch: dict, checkpoint: Path, vocab: Path | None, device: str) -> torch.nn.Module:
     """Upstream's ``utils_infer.load_model`` + ``load_checkpoint`` (EMA weights), minus the two
     costs they add on top of reading the file:
 
-    - the random initialisation of every parameter: parameters are created on the ``meta``
-      device (accelerate's ``init_empty_weights``; buffers such as the mel filterbank and the
-      text position table stay real), then the checkpoint's tensors are *assigned* by a strict
-      ``load_state_dict``, which fails on any missing or unexpected key;
+    - the random initialisation of every parameter (``empty_parameters``), then the checkpoint's
+      tensors are *assigned* by a strict ``load_state_dict``, which fails on any missing or
+      unexpected key;
     - the copy into those parameters: on CPU, safetensors maps the file and the parameters are
       views of the page cache (no second 1.3 GB in memory); on CUDA the tensors land on the GPU.
 
     The module, dtype (``compute_dtype``) and values equal upstream's; ``tests/test_tts_model.py``
     checks it against ``load_model`` itself.
     """
-    from accelerate import init_empty_weights
-
     f5 = f5_model()
     vocab_file = str(vocab or files("f5_tts").joinpath("infer/examples/vocab.txt"))
     vocab_char_map, vocab_size = f5.utils.get_tokenizer(vocab_file, "custom")
-    with init_empty_weights(include_buffers=False):
+    with empty_parameters():
         model = f5.CFM(
             transformer=model_cls(**arch, text_num_embeds=vocab_size, mel_dim=MEL_SPEC["n_mel_channels"]),
             mel_spec_kwargs=MEL_SPEC,
@@ -199,11 +227,10 @@ def ema_state_dict(checkpoint: Path, device: str) -> dict[str, torch.Tensor]:
 
 def load_vocos(vocoder_dir: Path, device: str) -> torch.nn.Module:
     """Upstream's ``load_vocoder("vocos", is_local=True, ...)`` without the random init of the
-    parameters the strict ``load_state_dict`` then replaces (see ``load_f5``)."""
-    from accelerate import init_empty_weights
+    parameters the strict ``load_state_dict`` then replaces (``empty_parameters``)."""
     from vocos import Vocos
 
-    with init_empty_weights(include_buffers=False):
+    with empty_parameters():
         vocoder = Vocos.from_hparams(str(vocoder_dir / "config.yaml"))
     state = torch.load(str(vocoder_dir / "pytorch_model.bin"), map_location="cpu", weights_only=True)
     vocoder.load_state_dict(state, assign=True)
@@ -274,7 +301,7 @@ class TTSModel:
         prefetch.start()
         with timings.measure("import"):  # the bulk of the imports, overlapping the read
             f5 = f5_model()
-            import accelerate  # noqa: F401 - what load_vocos and load_f5 import
+            import accelerate  # noqa: F401 - what empty_parameters imports
             import vocos  # noqa: F401
         with timings.measure("wait_prefetch"):
             prefetch.join()

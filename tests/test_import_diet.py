@@ -1,6 +1,7 @@
 """Loading imports only what inference needs: not upstream's inference script (transformers,
-matplotlib), not ``f5_tts.model``'s package (its trainer: wandb, datasets, ema_pytorch); and the
-model loaded that way equals upstream's."""
+matplotlib), not ``f5_tts.model``'s package (its trainer: wandb, datasets, ema_pytorch), not
+torch._dynamo (einx's torch backend, set up only if torch is imported before einx); and the model
+loaded that way equals upstream's."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from tests.test_tts_model import assert_same_module, upstream_load
 
 NOT_AT_READY = (
     "f5_tts.infer.utils_infer", "f5_tts.model", "f5_tts.model.trainer", "f5_tts.model.dataset",
-    "transformers", "matplotlib", "wandb", "datasets", "ema_pytorch",
+    "transformers", "matplotlib", "wandb", "datasets", "ema_pytorch", "torch._dynamo",
 )
 
 LOAD = """
+import runpod_handler  # the worker's entry point first, its imports in their order
 import json, os, sys, torch
 from pathlib import Path
 from f5worker.model_files import ModelSources
