@@ -129,6 +129,29 @@ def test_a_batch_equals_its_items_sampled_alone(dense_model, mixed_items):
     assert min(float(np.abs(w).max()) for w in alone) > 100 * BATCH_TOLERANCE  # not silence
 
 
+def test_a_batch_of_one_length_is_sampled_unmasked_and_equals_its_items_alone(dense_model, mixed_items,
+                                                                              monkeypatch):
+    """Equal durations need no padding, so no mask (and no masked attention) at all."""
+    model, _ = dense_model
+    items = [replace(mixed_items[0], params=replace(mixed_items[0].params, seed=seed)) for seed in (1, 2, 3)]
+    masks = []
+    forward = type(model.transformer).forward
+
+    def recording(self, *args, mask=None, **kwargs):
+        masks.append(mask)
+        return forward(self, *args, mask=mask, **kwargs)
+
+    sampler = Sampler(*dense_model, "cpu")
+    alone = [sampler.sample([item])[0] for item in items]
+    monkeypatch.setattr(type(model.transformer), "forward", recording)
+    batched = sampler.sample(items)
+    assert masks and all(mask is None for mask in masks)
+    worst = max(float(np.abs(a - b).max()) for a, b in zip(batched, alone, strict=True))
+    print(f"worst batched-vs-alone wave difference, one length: {worst:.3g}")
+    assert worst <= BATCH_TOLERANCE
+    assert not np.array_equal(alone[0], alone[1])  # the seeds differ
+
+
 def test_a_batch_equals_its_items_sampled_alone_in_the_mel(dense_model, mixed_items):
     """The same before the vocoder, whose small gain would hide a leak through the text embedding."""
     model, _ = dense_model
