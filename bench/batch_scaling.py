@@ -88,27 +88,34 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace) -> None:
+    from f5worker.model_files import ModelSources
+    from f5worker.tts_model import TTSModel, pick_device
+
+    model = TTSModel.load(ModelSources.from_env(os.environ), Path(os.environ["HF_HUB_CACHE"]),
+                          allow_download=False, device=pick_device())
+    table(model, args.batches, args.nfe, args.lengths, args.attention, args.repeats,
+          "tiny" if args.tiny else "full-size F5TTS_v1_Base")
+
+
+def table(model, batches: list[int], nfe: int, lengths: str, attention: list[str], repeats: int, label: str) -> None:
+    """Print the scaling table for the loaded ``model`` (a ``TTSModel``); leaves its attention as the worker's."""
     import torch
 
     from f5worker.contract import SynthesisParams
     from f5worker.engine.sampler import Sampler, WorkItem
     from f5worker.formats import SAMPLE_RATE
-    from f5worker.model_files import ModelSources
-    from f5worker.tts_model import TTSModel, pick_device
     from f5worker.voices import builtin_voice, prepare_reference
 
-    device = pick_device()
+    device = model.device
     cuda = device.startswith("cuda")
-    model = TTSModel.load(ModelSources.from_env(os.environ), Path(os.environ["HF_HUB_CACHE"]),
-                          allow_download=False, device=device)
     sampler = Sampler(model.model, model.vocoder, device)
     reference = prepare_reference(*builtin_voice())
     texts = [model.plan(reference.duration_s, reference.text, text, 1.0)[0] for text in TEXTS]
 
     def items(n: int) -> list[WorkItem]:
         """n items; with mixed lengths item i says text (i + 1) mod 4, so batch 1 says TEXTS[1] either way."""
-        chosen = [texts[(i + 1) % len(texts)] if args.lengths == "mixed" else texts[1] for i in range(n)]
-        return [WorkItem(reference.audio, reference.text, text, SynthesisParams(nfe_step=args.nfe, seed=i))
+        chosen = [texts[(i + 1) % len(texts)] if lengths == "mixed" else texts[1] for i in range(n)]
+        return [WorkItem(reference.audio, reference.text, text, SynthesisParams(nfe_step=nfe, seed=i))
                 for i, text in enumerate(chosen)]
 
     def timed(batch: list[WorkItem]) -> tuple[float, float]:
@@ -119,27 +126,29 @@ def measure(args: argparse.Namespace) -> None:
         return time.perf_counter() - started, sum(len(w) for w in waves) / SAMPLE_RATE
 
     sampler.sample(items(1))  # untimed: kernels, handles
-    print(f"{device_name(device)}; {'tiny' if args.tiny else 'full-size F5TTS_v1_Base'} random-weight model; "
-          f"nfe_step {args.nfe}; {args.lengths} lengths ({sorted({len(i.text.encode()) for i in items(4)})} bytes "
-          f"per chunk); median of {args.repeats}", flush=True)
+    print(f"{device_name(device)}; {label} random-weight model; nfe_step {nfe}; {lengths} lengths "
+          f"({sorted({len(i.text.encode()) for i in items(4)})} bytes per chunk); median of {repeats}", flush=True)
     print("| batch | attention | s per pass | audio s/s | x batch 1 | device busy | vocoder share | peak GPU MiB |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     base: dict[str, float] = {}
-    for n in args.batches:
-        batch = items(n)
-        for mode in args.attention:
-            use_attention(model.model.transformer, mode)
-            if cuda:
-                timed(batch)  # untimed: this shape's first pass (kernels, handles)
-                torch.cuda.reset_peak_memory_stats()
-            runs = [timed(batch) for _ in range(args.repeats)]
-            seconds = statistics.median(r[0] for r in runs)
-            rate = runs[0][1] / seconds
-            base.setdefault(mode, rate)
-            busy, vocoder = busy_share(sampler, batch) if cuda else (float("nan"), float("nan"))  # CPU: passes are long
-            peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
-            print(f"| {n} | {mode} | {seconds:.3f} | {rate:.1f} | {rate / base[mode]:.2f} | {busy:.0%} | "
-                  f"{vocoder:.0%} | {peak:.0f} |", flush=True)
+    try:
+        for n in batches:
+            batch = items(n)
+            for mode in attention:
+                use_attention(model.model.transformer, mode)
+                if cuda:
+                    timed(batch)  # untimed: this shape's first pass (kernels, handles)
+                    torch.cuda.reset_peak_memory_stats()
+                runs = [timed(batch) for _ in range(repeats)]
+                seconds = statistics.median(r[0] for r in runs)
+                rate = runs[0][1] / seconds
+                base.setdefault(mode, rate)
+                busy, vocoder = busy_share(sampler, batch) if cuda else (float("nan"), float("nan"))  # CPU: long
+                peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
+                print(f"| {n} | {mode} | {seconds:.3f} | {rate:.1f} | {rate / base[mode]:.2f} | {busy:.0%} | "
+                      f"{vocoder:.0%} | {peak:.0f} |", flush=True)
+    finally:
+        use_attention(model.model.transformer, "broadcast")
 
 if __name__ == "__main__":
     main()

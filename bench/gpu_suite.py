@@ -8,10 +8,13 @@
    (synthesis seconds / audio seconds), time to first audio (the first chunk handed to
    ``on_chunk``), peak GPU memory;
 3. throughput at concurrency 1/4/8/16 through the scheduler against the same jobs run one after
-   another (``bench/throughput.py``'s table), with the peak GPU memory of each.
+   another (``bench/throughput.py``'s table), with the peak GPU memory of each;
+4. one batched pass of items of mixed lengths at batch 1/4/8/16, the attention masked the worker's
+   way (broadcast) and upstream's (square), side by side (``bench/batch_scaling.py``'s table).
 
     python -m bench.gpu_suite [--dir DIR]              # on the GPU machine (see ../shared/gpu-kit)
-    python -m bench.gpu_suite --tiny --nfe 4 --seconds 2 5 --concurrency 1 2 --rounds 1 --repeats 1
+    python -m bench.gpu_suite --tiny --nfe 4 --seconds 2 5 --concurrency 1 2 --rounds 1 --repeats 1 \
+        --batches 1 2
                                                        # the same code on CPU with the tiny model
 
 Upstream's ``F5TTS`` is not in this suite: importing it goes through ``f5_tts.model``'s training
@@ -28,6 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
+from bench.batch_scaling import table as batch_table
 from bench.cold_start import CASES, MARK, PRELUDE, REPORT, drop_caches, run_case
 from bench.throughput import compare, device_name, engine_sampling, report, selected_model
 
@@ -149,6 +153,8 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, nargs="+", default=[None],
                         help="one throughput table per value; default: the worker's (ENGINE_MAX_BATCH)")
     parser.add_argument("--cold-rounds", type=int, default=3)
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 4, 8, 16],
+                        help="batch sizes of the mixed-length pass (4.); none: skip it")
     args = parser.parse_args()
     started = time.perf_counter()
     with selected_model(args):
@@ -182,6 +188,10 @@ def measure(args: argparse.Namespace) -> None:
         print(f"\n### Throughput through the scheduler (nfe_step {args.nfe[0]}, max_batch {max_batch}, "
               f"{args.rounds} jobs per client)", flush=True)
         report(compare(model, engine_sampling(model), args.concurrency, args.rounds, args.nfe[0], max_batch))
+    if args.batches:
+        print(f"\n### One batched pass, mixed lengths, two ways of masking (nfe_step {args.nfe[0]})", flush=True)
+        batch_table(model, args.batches, args.nfe[0], "mixed", ["broadcast", "square"], args.repeats,
+                    "tiny" if args.tiny else "full-size F5TTS_v1_Base")
 
 if __name__ == "__main__":
     main()
