@@ -6,8 +6,8 @@ into an additive float one with ``zeros_like``, which gives an expanded view its
 layer, at every step, allocates and fills ``batch x heads x frames^2`` floats (a batch of 16
 15-second items under guidance: 32 x 16 x 1300^2 x 2 bytes, 1.7 GB per layer call). Given the mask
 as ``(batch, 1, 1, frames)`` the kernel broadcasts it instead; the softmax sees the same logits, so
-the result is the same (``tests/test_attention.py``), and the masked pass costs about what an
-unmasked one does (BENCHMARKS.md section 7).
+the result is the same (``tests/test_attention.py``). On CPU that attention call costs about what
+an unmasked one does (BENCHMARKS.md section 4; the GPU figure is still to be measured there).
 """
 
 from __future__ import annotations
