@@ -19,6 +19,7 @@ from f5worker.model_files import ModelFilesCorrupt, ModelLoadFailed, ModelSource
 from f5worker.tts_model import (
     Prefetch,
     TTSModel,
+    empty_parameters,
     half_precision_path,
     load_error,
     load_f5,
@@ -275,3 +276,16 @@ def test_a_callback_that_raises_cancels_the_chunks_not_yet_started_at_once():
     gate.set()
     model.close()
     assert sampled == [0, 1] and kept.value is not None
+
+
+def test_empty_parameters_skips_writes_to_meta_tensors_only():
+    """Parameters come out on meta, unwritten; real tensors (buffers, others) are written as usual."""
+    with empty_parameters():
+        linear = torch.nn.Linear(4, 3)
+        embedding = torch.nn.Embedding(5, 2, padding_idx=0)
+        norm = torch.nn.BatchNorm1d(3)  # its running stats are buffers: zero_() and fill_(1) on real tensors
+        other = torch.zeros(3)
+        other.add_(2)
+    assert all(p.is_meta for m in (linear, embedding, norm) for p in m.parameters())
+    assert not norm.running_var.is_meta and torch.equal(norm.running_var, torch.ones(3))
+    assert torch.equal(other, torch.full((3,), 2.0))
