@@ -33,15 +33,15 @@ from tests.support.net import free_port, stop_process  # noqa: E402
 JOB = {"text": "Cold start of the worker, measured.", "nfe_step": 4, "seed": 1, "return_word_timings": True}
 
 
-def start_and_time(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str, float]:
-    """Start the worker; seconds until its local API answers."""
+def start_and_time(env: dict[str, str], log: Path, root: Path = ROOT) -> tuple[subprocess.Popen, str, float]:
+    """Start the worker of the checkout at ``root``; seconds until its local API answers."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "runpod_handler.py", "--rp_serve_api",
          "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
-        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        cwd=root, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )
     while True:
         if proc.poll() is not None:

@@ -18,40 +18,21 @@ import argparse
 import importlib.metadata
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.asr_cold_start import summary  # noqa: E402
-from tests.support.net import free_port, stop_process  # noqa: E402
+from bench.asr_cold_start import start_and_time, summary  # noqa: E402
+from tests.support.net import stop_process  # noqa: E402
 
 SHORT = {"text": "It costs $5.50 at 10:30 on 3/4/2025, 42% off.", "nfe_step": 2, "seed": 1}
 LONG = {"text": ("On 3/4/2025 at 10:30 I paid $1,234.56 for 42 kg, 7% more than the 1st time. " * 66)[:5000],
         "nfe_step": 2, "seed": 1, "output_format": "ogg"}
 DISTRIBUTIONS = ("wetext", "kaldifst", "contractions", "textsearch", "anyascii", "pyahocorasick", "jiwer", "rapidfuzz")
-
-
-def start(root: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str, float]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "runpod_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
-                             "--rp_api_port", str(port)], cwd=root, env=env, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
-    while True:
-        if proc.poll() is not None:
-            sys.exit(f"worker exited {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            requests.get(f"{url}/docs", timeout=1)
-            return proc, url, time.perf_counter() - started
-        except requests.ConnectionError:
-            time.sleep(0.02)
 
 
 def job(url: str, fields: dict) -> dict[str, float]:
@@ -87,11 +68,11 @@ def main() -> None:
     try:
         for run in range(args.runs):
             if args.baseline is not None:
-                proc, _, seconds = start(args.baseline, {**env, "PYTHONPATH": str(args.baseline)},
-                                         work / f"base-{run}.log")
+                proc, _, seconds = start_and_time({**env, "PYTHONPATH": str(args.baseline)},
+                                                  work / f"base-{run}.log", root=args.baseline)
                 stop_process(proc)
                 ready["baseline"].append(seconds)
-            proc, url, seconds = start(ROOT, env, work / f"worker-{run}.log")
+            proc, url, seconds = start_and_time(env, work / f"worker-{run}.log")
             ready["this"].append(seconds)
             try:
                 for name, fields in (("1st job", SHORT), ("2nd job", SHORT), ("normalize off", {**SHORT,
