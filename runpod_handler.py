@@ -22,12 +22,6 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
-# Before torch, on purpose. x_transformers imports einx (upstream's DiT takes its rotary embedding
-# from x_transformers and never calls einx). einx sets up its torch backend at its own import when
-# torch is already imported, importing torch._dynamo (~1 s of every start), and otherwise only on
-# its first call with a tensor, which never comes (BENCHMARKS.md section 1; tests/test_import_diet.py).
-import einx  # noqa: F401
-
 from f5worker.engine.scheduler import max_concurrency
 from f5worker.model_files import ModelConfigError, ModelFilesCorrupt, ModelFilesMissing, ModelLoadFailed
 from f5worker.pipeline import Progress, Worker
