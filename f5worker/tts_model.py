@@ -171,17 +171,31 @@ class _SkipMetaWrites(TorchFunctionMode):
 
 @contextmanager
 def empty_parameters() -> Iterator[None]:
-    """Modules built inside get their parameters on the ``meta`` device, uninitialised
-    (accelerate's ``init_empty_weights``; buffers such as the mel filterbank and the text position
-    table stay real), for a ``load_state_dict(..., assign=True)`` to fill.
+    """Modules built inside get their parameters on the ``meta`` device, uninitialised; buffers
+    such as the mel filterbank and the text position table stay real. A
+    ``load_state_dict(..., assign=True)`` then fills the parameters.
 
-    Their init functions' writes are skipped, not run on the meta tensors: there torch runs its
+    This is what accelerate's ``init_empty_weights(include_buffers=False)`` does (wrap
+    ``Module.register_parameter`` while the modules are built), in a few lines of our own: importing
+    accelerate costs 0.3-0.5 s of every start, and nothing else at ready needs it (BENCHMARKS.md
+    section 1). Not thread-safe, like accelerate's: only model loading builds modules.
+
+    The init functions' writes are skipped, not run on the meta tensors: there torch runs its
     Python references of ``normal_``/``erfinv_``, whose first call imports torch._dynamo, about a
-    second of every start that nothing else needs (BENCHMARKS.md section 1)."""
-    from accelerate import init_empty_weights
+    second of every start that nothing else needs."""
+    register = torch.nn.Module.register_parameter
 
-    with init_empty_weights(include_buffers=False), _SkipMetaWrites():
-        yield
+    def register_on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = register_on_meta
+    try:
+        with _SkipMetaWrites():
+            yield
+    finally:
+        torch.nn.Module.register_parameter = register
 
 
 def load_f5(model_cls: type, arch: dict, checkpoint: Path, vocab: Path | None, device: str) -> torch.nn.Module:
@@ -301,7 +315,6 @@ class TTSModel:
         prefetch.start()
         with timings.measure("import"):  # the bulk of the imports, overlapping the read
             f5 = f5_model()
-            import accelerate  # noqa: F401 - what empty_parameters imports
             import vocos  # noqa: F401
         with timings.measure("wait_prefetch"):
             prefetch.join()

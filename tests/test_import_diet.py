@@ -1,5 +1,5 @@
 """Loading imports only what inference needs: not upstream's inference script (transformers,
-matplotlib), not ``f5_tts.model``'s package (its trainer: wandb, datasets, ema_pytorch), not
+matplotlib), not ``f5_tts.model``'s package (its trainer: wandb, datasets, accelerate, ema_pytorch), not
 einx or sympy (x-transformers after 1.40 imports them; requirements.txt) nor torch._dynamo (einx's
 torch backend); and the model loaded that way equals upstream's."""
 
@@ -20,7 +20,8 @@ from tests.test_tts_model import assert_same_module, upstream_load
 
 NOT_AT_READY = (
     "f5_tts.infer.utils_infer", "f5_tts.model", "f5_tts.model.trainer", "f5_tts.model.dataset",
-    "transformers", "matplotlib", "wandb", "datasets", "ema_pytorch", "einx", "sympy", "torch._dynamo",
+    "transformers", "matplotlib", "wandb", "datasets", "ema_pytorch", "accelerate", "einx", "sympy",
+    "torch._dynamo",
 )
 
 LOAD = """

@@ -289,3 +289,6 @@ def test_empty_parameters_skips_writes_to_meta_tensors_only():
     assert all(p.is_meta for m in (linear, embedding, norm) for p in m.parameters())
     assert not norm.running_var.is_meta and torch.equal(norm.running_var, torch.ones(3))
     assert torch.equal(other, torch.full((3,), 2.0))
+    assert all(type(p) is torch.nn.Parameter and p.requires_grad for p in linear.parameters())
+    after = torch.nn.Linear(4, 3)  # the block is over: parameters are real and initialised again
+    assert not after.weight.is_meta and after.weight.abs().sum() > 0
