@@ -68,12 +68,12 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, scratch: Path) -> None:
-    import runpod_handler
     from f5worker.contract import SynthesisParams
+    from f5worker.pipeline import Worker
     from f5worker.settings import load_settings
     from f5worker.voices import prepare_reference
 
-    worker = runpod_handler.Worker.from_settings(load_settings(os.environ))
+    worker = Worker.from_settings(load_settings(os.environ))
     s3, bucket = worker.s3, worker.bucket.name
     s3.create_bucket(Bucket=bucket)
     wav = files("f5_tts").joinpath("infer/examples/basic/basic_ref_en.wav").read_bytes()

@@ -59,10 +59,10 @@ def main() -> None:
     args = parser.parse_args()
     home = select_model()
     try:
-        import runpod_handler
+        from f5worker.pipeline import Worker
         from f5worker.settings import load_settings
 
-        worker = runpod_handler.Worker.from_settings(load_settings(os.environ))
+        worker = Worker.from_settings(load_settings(os.environ))
         print(f"model {worker.model.resolved.name} on {worker.model.device}, nfe_step {args.nfe_step}, "
               f"median of {args.repeats}\n")
         base = {"nfe_step": args.nfe_step, "seed": 1, "output_format": "wav"}

@@ -313,13 +313,13 @@ def case_extension_case(b: Bench) -> None:
 
 def case_bom_crlf(b: Bench) -> None:
     """Item 6: same clip, same text and seed; the transcript plain, with a BOM, with CRLF line ends."""
-    import runpod_handler
+    from f5worker.pipeline import Worker
     from f5worker.settings import load_settings
 
     text = "Some call me nature,\nothers call me mother nature."
     variants = {"plain": text.encode(), "bom": b"\xef\xbb\xbf" + text.encode(),
                 "crlf": text.replace("\n", "\r\n").encode()}
-    worker = runpod_handler.Worker.from_settings(load_settings(os.environ))
+    worker = Worker.from_settings(load_settings(os.environ))
     durations, listed = {}, {}
     for label, body in variants.items():
         b.put(f"t6{label}.wav", b.clip_bytes["A"])

@@ -119,9 +119,9 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def make_worker(tiny_model, scratch: Path) -> Callable[[dict[str, str]], object]:
     """An in-process ``Worker`` on the session's tiny model with the bucket settings of ``env``."""
+    from f5worker.pipeline import Worker
     from f5worker.storage import BucketSettings
     from f5worker.voices import VoiceLibrary
-    from runpod_handler import Worker
     from s3_utils import make_client
 
     def make(env: dict[str, str], asr: bool = False) -> Worker:

@@ -96,7 +96,7 @@ def test_long_form_audio_over_30_seconds():
 
 COLD_START = """
 import json, os, sys
-import runpod_handler
+from f5worker.pipeline import Worker
 from f5worker.settings import Settings
 
 def whisper_modules():
@@ -105,7 +105,7 @@ def whisper_modules():
 report = {}
 for enabled in ("0", "1"):
     os.environ["ASR_ENABLED"] = enabled
-    worker = runpod_handler.Worker.from_settings(Settings.from_env(os.environ))
+    worker = Worker.from_settings(Settings.from_env(os.environ))
     report[enabled] = {"asr": worker.asr is not None, "whisper_modules": whisper_modules(),
                        "loaded": bool(worker.asr and worker.asr.loaded)}
 result = worker.run({"id": "w", "input": {"text": "Hello.", "nfe_step": 4, "seed": 1, "return_word_timings": True}})

@@ -134,7 +134,7 @@ def test_the_contract_works_without_settings_and_with_the_endpoints_limits():
 
 
 def test_the_worker_built_from_settings_applies_every_limit(bucket_env, scratch):
-    from runpod_handler import Worker
+    from f5worker.pipeline import Worker
 
     settings = Settings.from_env({**os.environ, **bucket_env, "F5TTS_WARMUP": "0", "S3_CONNECT_TIMEOUT_S": "3",
                                   "S3_READ_TIMEOUT_S": "7", "S3_MAX_ATTEMPTS": "2", "S3_PRESIGN_EXPIRES_S": "600",

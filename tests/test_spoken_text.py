@@ -99,13 +99,13 @@ def test_word_timings_and_subtitles_are_the_normalised_words(make_worker):
 
 COLD_START = """
 import json, os, sys
-import runpod_handler
+from f5worker.pipeline import Worker
 from f5worker.settings import Settings
 
 def loaded():
     return sorted({m.split(".")[0] for m in sys.modules} & {"wetext", "kaldifst", "jiwer"})
 
-worker = runpod_handler.Worker.from_settings(Settings.from_env(os.environ))
+worker = Worker.from_settings(Settings.from_env(os.environ))
 report = {"at_start": loaded()}
 result = worker.run({"id": "n", "input": {"text": "Take 2.", "nfe_step": 2, "seed": 1}})
 report["after_job"] = loaded()
