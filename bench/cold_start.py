@@ -14,6 +14,7 @@ table shows medians. ``--cache cold`` drops the page cache before every run (roo
 weights *and* Python's libraries come from disk, as on a fresh container.
 
     python -m bench.cold_start [--rounds 5] [--cache cold|warm|both] [--dir DIR] [--device cpu]
+        [--baseline CHECKOUT [--baseline-site DIR]]   # an earlier commit's worker, side by side
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ CASES = {
         "'f5_tts_itself_s': time.perf_counter() - t2}}\n"
     ),
     "worker, SDK imported after": (  # ablation: start_up() without its runpod-import thread
-        "import os, runpod_handler\n"
+        "import os\n"
+        "from f5worker.pipeline import Worker\n"
         "from f5worker.settings import load_settings\n"
-        "w = runpod_handler.Worker.from_settings(load_settings(os.environ))\n"
+        "w = Worker.from_settings(load_settings(os.environ))\n"
         "import runpod\n"
         "extra = {{}}\n"
     ),
@@ -103,10 +105,10 @@ def case_code(name: str, fmt: dict) -> str:
     return PRELUDE + CASES[name].format(**fmt) + REPORT.format(mark=MARK) + AFTER_READY.get(name, "").format(mark=MARK)
 
 
-def run_case(code: str, env: dict[str, str]) -> dict:
+def run_case(code: str, env: dict[str, str], cwd: Path = ROOT) -> dict:
     started = time.time()
     proc = subprocess.run([sys.executable, "-c", code],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+                          cwd=cwd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"case failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -124,6 +126,11 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp/f5tts-bench-full"),
                         help="HF_HOME holding the full-size model (built there once, then reused)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--baseline", type=Path,
+                        help="a checkout of an earlier commit (git worktree add): its start_up() runs as one more case")
+    parser.add_argument("--baseline-site", type=Path,
+                        help="put first on the baseline's PYTHONPATH: the dependencies it pinned otherwise "
+                             "(pip install --no-deps --target)")
     args = parser.parse_args()
 
     hub = args.dir / "hub"
@@ -148,6 +155,13 @@ def main() -> None:
 
     regimes = ["cold", "warm"] if args.cache == "both" else [args.cache]
     names = list(CASES)
+    where = dict.fromkeys(names, (env, ROOT))
+    if args.baseline:
+        name = f"baseline worker ({args.baseline.name})"
+        CASES[name] = CASES["this worker"]
+        site = [str(args.baseline_site)] if args.baseline_site else []
+        where[name] = ({**env, "PYTHONPATH": os.pathsep.join([*site, str(args.baseline)])}, args.baseline)
+        names.append(name)
     print(f"weights: {weight_bytes / 1e9:.3f} GB ({checkpoint}, vocoder); device {args.device}; "
           f"{args.rounds} rounds per regime; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
     for regime in regimes:
@@ -155,12 +169,12 @@ def main() -> None:
         dropped = True
         if regime == "warm":
             for name in names:  # untimed pass: every file of every case in the page cache
-                run_case(case_code(name, fmt), env)
+                run_case(case_code(name, fmt), *where[name])
         for r in range(args.rounds):
             for name in names[r % len(names):] + names[: r % len(names)]:
                 if regime == "cold":
                     dropped &= drop_caches()
-                results[name].append(run_case(case_code(name, fmt), env))
+                results[name].append(run_case(case_code(name, fmt), *where[name]))
         report(regime, dropped, results, weight_bytes)
 
 
