@@ -1,7 +1,8 @@
 """Loading imports only what inference needs: not upstream's inference script (transformers,
 matplotlib), not ``f5_tts.model``'s package (its trainer: wandb, datasets, accelerate, ema_pytorch), not
-einx or sympy (x-transformers after 1.40 imports them; requirements.txt) nor torch._dynamo (einx's
-torch backend); and the model loaded that way equals upstream's."""
+einx or sympy (x-transformers after 1.40 imports them; requirements.txt) nor torch._dynamo (torch's
+Python references of in-place writes on meta tensors import it: ``tts_model.empty_parameters`` skips
+those writes); and the model loaded that way equals upstream's."""
 
 from __future__ import annotations
 
