@@ -127,11 +127,47 @@ def test_chunks_of_two_jobs_share_a_batch_and_each_job_gets_its_own_in_order(mak
     recorder.release("gate")
     with ThreadPoolExecutor(2) as pool:
         got = list(pool.map(list, streams))
-    assert recorder.batches == [["gate"], ["one-0", "one-1", "two-0", "two-1", "two-2"]]
+    assert recorder.batches == [["gate"], ["one-0", "two-0", "one-1", "two-1", "two-2"]]  # jobs take turns
     for job, waves in zip((job1, job2), got, strict=True):
         assert len(waves) == len(job)
         for work, wave in zip(job, waves, strict=True):
             np.testing.assert_array_equal(wave, wave_of(work))
+
+
+def test_a_job_behind_a_long_one_waits_for_one_of_its_items_not_all(make_scheduler):
+    """Head-of-line blocking: with one item per batch (the CPU default), a short job submitted
+    after a long one runs after the long job's next item, not after all of them."""
+    recorder = Recorder(held=("gate",))
+    scheduler, gate = busy(make_scheduler, recorder, max_batch=1)
+    long = scheduler.submit([item(f"long-{i}", chunk_index=i) for i in range(4)])
+    short = scheduler.submit([item("short")])
+    recorder.release("gate")
+    answers([gate, *long, *short])
+    assert recorder.batches == [["gate"], ["long-0"], ["short"], ["long-1"], ["long-2"], ["long-3"]]
+
+
+def test_jobs_take_turns_one_item_each_per_round_and_the_served_go_to_the_back(make_scheduler):
+    recorder = Recorder(held=("gate",))
+    scheduler, gate = busy(make_scheduler, recorder, max_batch=3)
+    a = scheduler.submit([item(f"a{i}", chunk_index=i) for i in range(5)])
+    b = scheduler.submit([item("b0"), item("b1", chunk_index=1)])
+    c = scheduler.submit([item("c0")])
+    d = scheduler.submit([item("d0")])
+    recorder.release("gate")
+    answers([gate, *a, *b, *c, *d])
+    # a, b, c served: d's turn comes first, then theirs in their order
+    assert recorder.batches == [["gate"], ["a0", "b0", "c0"], ["d0", "a1", "b1"], ["a2", "a3", "a4"]]
+
+
+def test_a_job_whose_items_cannot_share_the_batch_keeps_its_turn(make_scheduler):
+    recorder = Recorder(held=("gate",))
+    scheduler, gate = busy(make_scheduler, recorder, max_batch=2)
+    a = scheduler.submit([item("a0"), item("a1", chunk_index=1), item("a2", chunk_index=2)])
+    b = scheduler.submit([item("b0", nfe_step=16)])
+    c = scheduler.submit([item("c0")])
+    recorder.release("gate")
+    answers([gate, *a, *b, *c])
+    assert recorder.batches == [["gate"], ["a0", "c0"], ["b0"], ["a1", "a2"]]
 
 
 # ---------------------------------------------------------------- back-pressure
@@ -147,7 +183,7 @@ def test_a_job_that_does_not_fit_the_queue_fails_fast_and_nothing_of_it_is_queue
     admitted += scheduler.submit([item("e")])  # one more fits
     recorder.release("gate")
     answers([gate, *admitted])
-    assert recorder.batches == [["gate"], ["a", "b", "e"]]
+    assert recorder.batches == [["gate"], ["a", "e", "b"]]
 
 
 def test_a_job_larger_than_the_whole_queue_is_told_so(make_scheduler):

@@ -1,11 +1,14 @@
 """One thread runs the model; jobs hand it work items and wait for each item's audio.
 
 Jobs run in their own threads (RunPod's handler runs each with ``asyncio.to_thread``) and call
-:meth:`Scheduler.submit` or :meth:`Scheduler.results`. The scheduler thread takes the oldest
-waiting item, adds the next waiting items that can share its forward pass (equal
-``batch_key``), up to ``max_batch``, and makes one call of the sampling function. It never waits
-for a batch to fill: a lone item starts at once, and what arrives while a batch runs joins the
-next one. Every batch holds the oldest waiting item, so no key waits behind another for ever.
+:meth:`Scheduler.submit` or :meth:`Scheduler.results`, once per job with all its items. The
+scheduler thread makes one call of the sampling function per batch: the next item of the job
+whose turn it is, then the waiting items that can share its forward pass (equal ``batch_key``),
+taken from the jobs in turn, one per job per round, up to ``max_batch``. The jobs served then
+go to the back of the turn. So a job waits behind at most one item of each job ahead of it,
+not behind all of a long job's chunks (head-of-line blocking: BENCHMARKS.md section 7), and
+every job reaches the front within as many batches as there are jobs. It never waits for a batch
+to fill: a lone item starts at once, and what arrives while a batch runs joins the next one.
 
 Sizing ``max_batch`` by memory: a batch's activations grow linearly with its item count times
 the frames per item (reference + generated, at most ``tts_model.MAX_CONTEXT_S`` seconds), and
@@ -18,6 +21,7 @@ and only an item that does not fit alone fails.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections import deque
@@ -56,7 +60,7 @@ class SchedulerClosed(RuntimeError):
     """The scheduler was closed: it takes no new work, and work that had not started fails with this."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: an item is in one job's queue once
 class _Waiting:
     item: WorkItem
     key: Hashable
@@ -78,7 +82,8 @@ class Scheduler:
         self.max_queue = max_queue
         self._sample = sample
         self._key = key
-        self._waiting: deque[_Waiting] = deque()
+        self._jobs: dict[int, deque[_Waiting]] = {}  # each submission's waiting items, in turn order
+        self._job_ids = itertools.count()
         self._wakeup = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="synthesis-scheduler", daemon=True)
@@ -94,10 +99,12 @@ class Scheduler:
             if self._closed:
                 raise SchedulerClosed("the synthesis scheduler is closed")
             self._drop_cancelled()
-            if len(self._waiting) + len(items) > self.max_queue:
-                raise QueueFull(len(items), len(self._waiting), self.max_queue)
+            waiting = self._count()
+            if waiting + len(items) > self.max_queue:
+                raise QueueFull(len(items), waiting, self.max_queue)
             futures: list[Future[np.ndarray]] = [Future() for _ in items]
-            self._waiting.extend(map(_Waiting, items, keys, futures))
+            if items:
+                self._jobs[next(self._job_ids)] = deque(map(_Waiting, items, keys, futures))
             self._wakeup.notify()
         return futures
 
@@ -113,16 +120,16 @@ class Scheduler:
         """Items queued and not yet started."""
         with self._wakeup:
             self._drop_cancelled()
-            return len(self._waiting)
+            return self._count()
 
     def close(self) -> None:
         """Take no more work, fail the items not yet started (:class:`SchedulerClosed`), let the
         running batch finish, and stop the thread."""
         with self._wakeup:
             self._closed = True
-            left, self._waiting = self._waiting, deque()
+            left, self._jobs = self._jobs, {}
             self._wakeup.notify_all()
-        for entry in left:
+        for entry in itertools.chain.from_iterable(left.values()):
             if entry.future.set_running_or_notify_cancel():
                 entry.future.set_exception(SchedulerClosed("the synthesis scheduler closed before this item started"))
         if threading.current_thread() is not self._thread:
@@ -134,9 +141,17 @@ class Scheduler:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
+    def _count(self) -> int:
+        return sum(map(len, self._jobs.values()))
+
     def _drop_cancelled(self) -> None:
-        if any(entry.future.cancelled() for entry in self._waiting):
-            self._waiting = deque(entry for entry in self._waiting if not entry.future.cancelled())
+        for job, queue in list(self._jobs.items()):
+            if any(entry.future.cancelled() for entry in queue):
+                kept = deque(entry for entry in queue if not entry.future.cancelled())
+                if kept:
+                    self._jobs[job] = kept  # an existing key: the job keeps its turn
+                else:
+                    del self._jobs[job]
 
     def _loop(self) -> None:
         while batch := self._next_batch():
@@ -146,29 +161,28 @@ class Scheduler:
         """Blocks until there is work; ``[]`` once closed."""
         with self._wakeup:
             while True:
-                self._wakeup.wait_for(lambda: self._waiting or self._closed)
+                self._wakeup.wait_for(lambda: self._jobs or self._closed)
                 if self._closed:
                     return []
                 if batch := self._take():
                     return batch
 
     def _take(self) -> list[_Waiting]:
-        """The oldest waiting item and the next ones with its key, up to ``max_batch``, marked
-        running (an item cancelled meanwhile is dropped); the rest stay queued in order."""
+        """The next batch (module docstring), marked running (an item cancelled meanwhile is
+        dropped); the jobs served move to the back of the turn, keeping their order."""
         self._drop_cancelled()
-        if not self._waiting:
+        if not self._jobs:
             return []
-        key = self._waiting[0].key
-        batch: list[_Waiting] = []
-        rest: deque[_Waiting] = deque()
-        for entry in self._waiting:
-            if len(batch) < self.max_batch and entry.key == key:
-                if entry.future.set_running_or_notify_cancel():
-                    batch.append(entry)
-            else:
-                rest.append(entry)
-        self._waiting = rest
-        return batch
+        key = next(iter(self._jobs.values()))[0].key
+        fitting = ([entry for entry in queue if entry.key == key] for queue in self._jobs.values())
+        rounds = itertools.zip_longest(*fitting)  # round r: each job's r-th item with the key, jobs in turn
+        chosen = list(itertools.islice((entry for row in rounds for entry in row if entry is not None), self.max_batch))
+        taken = set(chosen)
+        for job in [job for job, queue in self._jobs.items() if not taken.isdisjoint(queue)]:
+            queue = self._jobs.pop(job)
+            if rest := deque(entry for entry in queue if entry not in taken):
+                self._jobs[job] = rest
+        return [entry for entry in chosen if entry.future.set_running_or_notify_cancel()]
 
     def _run(self, batch: list[_Waiting]) -> None:
         """One sampling call for ``batch``; out of memory: each half again, down to one item."""
