@@ -5,10 +5,11 @@ Jobs run in their own threads (RunPod's handler runs each with ``asyncio.to_thre
 scheduler thread makes one call of the sampling function per batch: the next item of the job
 whose turn it is, then the waiting items that can share its forward pass (equal ``batch_key``),
 taken from the jobs in turn, one per job per round, up to ``max_batch``. The jobs served then
-go to the back of the turn. So a job waits behind at most one item of each job ahead of it,
-not behind all of a long job's chunks (head-of-line blocking: BENCHMARKS.md section 7), and
-every job reaches the front within as many batches as there are jobs. It never waits for a batch
-to fill: a lone item starts at once, and what arrives while a batch runs joins the next one.
+go to the back of the turn, and a new job joins it at the back. So a job waits for the running
+batch and then for at most one item of each job ahead of it, not for all of a long job's chunks
+(head-of-line blocking: BENCHMARKS.md section 7), and no job waits more batches than there are
+jobs ahead of it. It never waits for a batch to fill: a lone item starts at once, and what
+arrives while a batch runs joins the next one.
 
 Sizing ``max_batch`` by memory: a batch's activations grow linearly with its item count times
 the frames per item (reference + generated, at most ``tts_model.MAX_CONTEXT_S`` seconds), and
