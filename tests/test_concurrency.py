@@ -108,6 +108,24 @@ def test_concurrent_jobs_get_the_audio_they_get_alone(make_worker, bucket_env, g
     print(f"\nworst |together - alone| over {len(JOBS)} jobs, batches {[len(b) for b in sampler.batches]}: {worst:.3g}")
 
 
+def test_a_short_job_behind_a_long_one_runs_after_one_of_its_chunks_not_all(make_worker, gated):
+    """Jobs take turns (CPU's one chunk a pass): a short job that arrives while a 3-chunk job's first
+    chunk runs is sampled after that job's next chunk, not after all of them."""
+    worker = make_worker({})
+    worker.model = gated(EngineLimits(max_batch=1))
+    sampler = sampler_of(worker.model)
+    sampler.gate.clear()
+    with ThreadPoolExecutor(2) as pool:
+        long = pool.submit(worker.run, request("long", {"text": LONG_TEXT, "voice": "default", "seed": 1}))
+        wait_until(lambda: len(sampler.batches) == 1 and worker.model.scheduler.waiting == 2)
+        short = pool.submit(worker.run, request("short", {"text": "A short one.", "voice": "default", "seed": 3}))
+        wait_until(lambda: worker.model.scheduler.waiting == 3)
+        sampler.gate.set()
+        wave_of(short.result())
+        wave_of(long.result())
+    assert [batch[0].params.seed for batch in sampler.batches] == [1, 1, 3, 1]
+
+
 def test_a_full_queue_refuses_a_job_at_once_and_the_next_job_runs(make_worker, gated):
     worker = make_worker({})
     worker.model = gated(EngineLimits(max_batch=8, max_queue=2))
