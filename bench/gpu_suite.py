@@ -12,7 +12,7 @@
 4. one batched pass of items of mixed lengths at batch 1/4/8/16, the attention masked the worker's
    way (broadcast) and upstream's (square), side by side (``bench/batch_scaling.py``'s table).
 
-    python -m bench.gpu_suite [--dir DIR]              # on the GPU machine (see ../shared/gpu-kit)
+    python -m bench.gpu_suite [--dir DIR]              # on the GPU machine (wheels: bench/gpu_wheels.sh)
     python -m bench.gpu_suite --tiny --nfe 4 --seconds 2 5 --concurrency 1 2 --rounds 1 --repeats 1 \
         --batches 1 2
                                                        # the same code on CPU with the tiny model

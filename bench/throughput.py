@@ -7,8 +7,9 @@ cut into chunks by ``TTSModel.plan``, submitted at once, its latency the time un
 chunk's audio. Right before, side by side, the row "direct" runs the same jobs one after
 another, each chunk a call of the sampling function alone (no scheduler, no thread): the CPU
 targets of issue 13 compare the two (8 concurrent jobs in <= 1.05x the time of the same 8
-sequentially; a lone job within 5 ms of the direct call). One untimed job per text warms up first. Audio
-seconds are the chunks' samples before the cross-fade.
+sequentially; a lone job within 5 ms of the direct call). One untimed job per text warms up
+first, and one more through the scheduler (its thread has its own CUDA set-up). Audio seconds
+are the chunks' samples before the cross-fade.
 
 The sampling function: the engine's batched ``Sampler`` when it is importable, else (or with
 ``--sampler stand-in``) upstream's ``infer_batch_process`` called per item, a STAND-IN that
@@ -256,9 +257,13 @@ def compare(model: TTSModel, sample: SampleFn, concurrencies: list[int], rounds:
 
     cuda = model.device.startswith("cuda")
     counting = Counting(sample)
-    direct(sample, [job(i) for i in range(len(TEXTS))], 1)  # untimed: every shape once (CPU kernels are made per shape)
+    warm_up = [job(i) for i in range(len(TEXTS))]
+    direct(sample, warm_up, 1)  # untimed: every shape once (CPU kernels are made per shape)
     pairs: list[tuple[Run, Run]] = []
     with Scheduler(counting, max_batch=max_batch) as scheduler:
+        # untimed, as the worker's warm-up: the scheduler's thread pays its own first-call set-up
+        # (CUDA keeps cuBLAS/cuDNN handles per thread), which the direct warm-up above does not cover
+        through_scheduler(scheduler, counting, warm_up[:1], 1)
         for concurrency in concurrencies:
             jobs = [job(i) for i in range(concurrency * rounds)]
             alone = direct(sample, jobs, concurrency)
