@@ -6,7 +6,7 @@
    each run where we are root (``bench/cold_start.py``'s cases and clock);
 2. one job alone at ``nfe_step`` 32 and 16 for texts of about 5, 15 and 30 s of speech: RTF
    (synthesis seconds / audio seconds), time to first audio (the first chunk handed to
-   ``on_chunk``), peak GPU memory;
+   ``on_chunk``), the same for the job streamed (``early_first``), peak GPU memory;
 3. throughput at concurrency 1/4/8/16 through the scheduler against the same jobs run one after
    another (``bench/throughput.py``'s table), with the peak GPU memory of each;
 4. one batched pass of items of mixed lengths at batch 1/4/8/16, the attention masked the worker's
@@ -101,8 +101,10 @@ def cold_start(rounds: int, env: dict[str, str], files: list[str]) -> None:
               + ", ".join(f"{k} {statistics.median(p[k] for p in phases):.0f}" for k in phases[0]))
 
 
-def timed_job(model, reference, chunks: list[str], params) -> tuple[float, float, float, float]:
-    """One synthesis: seconds, audio seconds, seconds to the first audio, peak GPU MiB."""
+def timed_job(model, reference, chunks: list[str], params, early_first: bool = False
+              ) -> tuple[float, float, float, float]:
+    """One synthesis: seconds, audio seconds, seconds to the first audio, peak GPU MiB.
+    ``early_first``: as a streamed job (``TTSModel.synthesize``)."""
     import torch
 
     from f5worker.formats import SAMPLE_RATE
@@ -114,7 +116,7 @@ def timed_job(model, reference, chunks: list[str], params) -> tuple[float, float
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     wave = model.synthesize(reference.audio, reference.text, chunks, params,
-                            on_chunk=lambda *_: first or first.append(time.perf_counter()))
+                            on_chunk=lambda *_: first or first.append(time.perf_counter()), early_first=early_first)
     elapsed = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
     return elapsed, len(wave) / SAMPLE_RATE, first[0] - started, peak
@@ -126,18 +128,22 @@ def one_job(model, reference, nfe_steps: list[int], targets: list[float], repeat
     bytes_per_second = len(reference.text.encode()) / reference.duration_s
     print(f"\n### One job alone (median of {repeats} after one untimed call)")
     print("| nfe_step | text s (target) | chunks | audio s | s per job | RTF | time to first audio s "
-          "| peak GPU MiB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| streamed: first audio s | streamed: s per job | peak GPU MiB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for nfe in nfe_steps:
         for target in targets:
             text = text_of(target, bytes_per_second)
             params = SynthesisParams(nfe_step=nfe, seed=1)
             chunks = model.plan(reference.duration_s, reference.text, text, params.speed)
-            runs = [timed_job(model, reference, chunks, params) for _ in range(repeats + 1)][1:]
+            pairs = [(timed_job(model, reference, chunks, params), timed_job(model, reference, chunks, params, True))
+                     for _ in range(repeats + 1)][1:]  # interleaved, so a change in load hits both alike
+            runs, streamed = [plain for plain, _ in pairs], [early for _, early in pairs]
             seconds = statistics.median(r[0] for r in runs)
             audio_s = statistics.median(r[1] for r in runs)
+            peak = max(r[3] for pair in pairs for r in pair)
             print(f"| {nfe} | {target:g} | {len(chunks)} | {audio_s:.2f} | {seconds:.3f} | {seconds / audio_s:.4f} "
-                  f"| {statistics.median(r[2] for r in runs):.3f} | {max(r[3] for r in runs):.0f} |", flush=True)
+                  f"| {statistics.median(r[2] for r in runs):.3f} | {statistics.median(r[2] for r in streamed):.3f} "
+                  f"| {statistics.median(r[0] for r in streamed):.3f} | {peak:.0f} |", flush=True)
 
 
 def main() -> None:

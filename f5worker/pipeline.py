@@ -248,7 +248,7 @@ class Worker:
             retakes = self._retakes(request, timings) if request.verify else None
             with timings.measure("synthesize"):
                 wave = self.model.synthesize(reference.audio, reference.text, chunks, request.params, on_chunk,
-                                             keep=retakes.keep if retakes else None)
+                                             keep=retakes.keep if retakes else None, early_first=live is not None)
             waves.append(audio.shorten_silences(wave, SAMPLE_RATE) if request.remove_silence else wave)
             checks.append({"verify": retakes.report()} if retakes else {})
         if sink is not None and live is None:

@@ -366,7 +366,7 @@ class TTSModel:
 
     def synthesize(self, ref_audio: torch.Tensor, ref_text: str, chunks: Sequence[str | Pause],
                    params: SynthesisParams, on_chunk: ChunkCallback | None = None,
-                   keep: KeepFn | None = None) -> np.ndarray:
+                   keep: KeepFn | None = None, early_first: bool = False) -> np.ndarray:
         """Speech for ``chunks`` (from :meth:`plan`) in the voice of ``ref_audio`` (mono, 24 kHz,
         shape ``(1, n)``), joined with upstream's cross-fade; a :class:`~f5worker.ssml.Pause`
         among them is that much silence, the speech around it faded out and in (``PAUSE_FADE_S``).
@@ -377,7 +377,9 @@ class TTSModel:
         ``on_chunk(i, n, audio)`` reports each in order as soon as it and those before it are
         done, with the part of the audio that no later cross-fade can change (and the silence
         before it). The returned wave is those parts concatenated. ``keep`` (retakes) is given
-        each chunk's wave in order and returns the one to use.
+        each chunk's wave in order and returns the one to use. ``early_first`` (audio that goes out
+        as it is made): the first chunk is not batched with this job's others, so its audio comes
+        sooner (``Scheduler.submit``).
         """
         if isinstance(chunks, str):  # a str is a sequence too: one chunk per character
             raise TypeError("synthesize takes the chunks from plan(), not the text")
@@ -385,7 +387,8 @@ class TTSModel:
         items = [WorkItem(ref_audio, ref_text, chunk, params, index) for index, chunk in enumerate(texts)]
         fader = CrossFader(int(params.cross_fade_duration * SAMPLE_RATE), int(PAUSE_FADE_S * SAMPLE_RATE))
         parts: list[np.ndarray] = []
-        for index, (item, wave) in enumerate(zip(items, self.scheduler.results(items), strict=True), start=1):
+        waves = self.scheduler.results(items, early_first)
+        for index, (item, wave) in enumerate(zip(items, waves, strict=True), start=1):
             ready = fader.push(wave if keep is None else keep(item, wave), silences[index - 1])
             if index == len(items):
                 ready = np.concatenate([ready, fader.finish(silences[index])])

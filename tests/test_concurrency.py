@@ -126,6 +126,24 @@ def test_a_short_job_behind_a_long_one_runs_after_one_of_its_chunks_not_all(make
     assert [batch[0].params.seed for batch in sampler.batches] == [1, 1, 3, 1]
 
 
+def test_a_streamed_jobs_first_chunk_is_sampled_alone_and_its_audio_is_unchanged(make_worker, gated):
+    """With batches of several chunks (a GPU's default), a lone stream's first chunk does not wait
+    for a pass of all its chunks; the same job not streamed has them in one pass, same audio."""
+    worker = make_worker({})
+    worker.model = gated()
+    sampler = sampler_of(worker.model)
+    fields = {"text": LONG_TEXT, "voice": "default", "seed": 1, "output_format": "pcm"}
+    pieces: list = []
+    streamed = worker.run({"id": "streamed", "input": {**fields, "nfe_step": 4, "stream": True}}, emit=pieces.append)
+    assert "error" not in streamed, streamed
+    first_batches = [len(batch) for batch in sampler.batches]
+    sampler.batches.clear()
+    whole = worker.run(request("whole", fields))
+    assert (first_batches, [len(batch) for batch in sampler.batches]) == ([1, 2], [3])
+    pcm = b"".join(base64.b64decode(piece["audio_base64"]) for piece in pieces)
+    np.testing.assert_allclose(np.frombuffer(pcm, dtype="<i2") / 32768, wave_of(whole), atol=1e-4)
+
+
 def test_a_full_queue_refuses_a_job_at_once_and_the_next_job_runs(make_worker, gated):
     worker = make_worker({})
     worker.model = gated(EngineLimits(max_batch=8, max_queue=2))

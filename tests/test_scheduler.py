@@ -170,6 +170,27 @@ def test_a_job_whose_items_cannot_share_the_batch_keeps_its_turn(make_scheduler)
     assert recorder.batches == [["gate"], ["a0", "c0"], ["b0"], ["a1", "a2"]]
 
 
+def test_an_early_first_jobs_first_item_is_batched_without_its_other_items(make_scheduler):
+    """A lone stream (``early_first``) gets its first audio from a pass of one item, then the rest
+    together; the same job without it has all its items in one pass."""
+    recorder = Recorder()
+    scheduler = make_scheduler(recorder, max_batch=8)
+    works = [item(f"s{i}", chunk_index=i) for i in range(3)]
+    answers(scheduler.submit(works, early_first=True))
+    answers(scheduler.submit(works))
+    assert recorder.batches == [["s0"], ["s1", "s2"], ["s0", "s1", "s2"]]
+
+
+def test_other_jobs_items_still_join_an_early_first_items_batch(make_scheduler):
+    recorder = Recorder(held=("gate",))
+    scheduler, gate = busy(make_scheduler, recorder, max_batch=4)
+    a = scheduler.submit([item(f"a{i}", chunk_index=i) for i in range(3)])
+    s = scheduler.submit([item(f"s{i}", chunk_index=i) for i in range(3)], early_first=True)
+    recorder.release("gate")
+    answers([gate, *a, *s])
+    assert recorder.batches == [["gate"], ["a0", "s0", "a1", "a2"], ["s1", "s2"]]
+
+
 # ---------------------------------------------------------------- back-pressure
 
 def test_a_job_that_does_not_fit_the_queue_fails_fast_and_nothing_of_it_is_queued(make_scheduler):

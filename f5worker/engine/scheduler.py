@@ -9,7 +9,10 @@ go to the back of the turn, and a new job joins it at the back. So a job waits f
 batch and then for at most one item of each job ahead of it, not for all of a long job's chunks
 (head-of-line blocking: BENCHMARKS.md section 7), and no job waits more batches than there are
 jobs ahead of it. It never waits for a batch to fill: a lone item starts at once, and what
-arrives while a batch runs joins the next one.
+arrives while a batch runs joins the next one. A job submitted with ``early_first`` (one whose
+audio goes out as it is made) has its first item batched without its own other items: on a GPU
+a pass costs about the same for one item or two and grows from there, so a stream's first audio
+comes after one short pass instead of the pass of all its chunks (other jobs' items still join).
 
 Sizing ``max_batch`` by memory: a batch's activations grow linearly with its item count times
 the frames per item (reference + generated, at most ``tts_model.MAX_CONTEXT_S`` seconds), and
@@ -84,16 +87,18 @@ class Scheduler:
         self._sample = sample
         self._key = key
         self._jobs: dict[int, deque[_Waiting]] = {}  # each submission's waiting items, in turn order
+        self._early: set[int] = set()  # early_first submissions whose first batch has not been taken
         self._job_ids = itertools.count()
         self._wakeup = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="synthesis-scheduler", daemon=True)
         self._thread.start()
 
-    def submit(self, items: Sequence[WorkItem]) -> list[Future[np.ndarray]]:
+    def submit(self, items: Sequence[WorkItem], early_first: bool = False) -> list[Future[np.ndarray]]:
         """Queue ``items`` (all or none); one future per item, resolved with its wave or its error.
 
-        Cancelling a future before its batch starts drops the item.
+        Cancelling a future before its batch starts drops the item. ``early_first``: the first
+        batch that takes one of these items takes only one (module docstring).
         """
         keys = [self._key(item) for item in items]  # here, so that a bad item fails its job, not the thread
         with self._wakeup:
@@ -105,16 +110,19 @@ class Scheduler:
                 raise QueueFull(len(items), waiting, self.max_queue)
             futures: list[Future[np.ndarray]] = [Future() for _ in items]
             if items:
-                self._jobs[next(self._job_ids)] = deque(map(_Waiting, items, keys, futures))
+                job = next(self._job_ids)
+                self._jobs[job] = deque(map(_Waiting, items, keys, futures))
+                if early_first:
+                    self._early.add(job)
             self._wakeup.notify()
         return futures
 
-    def results(self, items: Sequence[WorkItem]) -> Iterator[np.ndarray]:
+    def results(self, items: Sequence[WorkItem], early_first: bool = False) -> Iterator[np.ndarray]:
         """Submit a job's items now (or raise :class:`QueueFull`), then yield each item's wave in
         order, each as soon as it and those before it are done. An item's error is raised in its
         turn; leaving the loop early (an error, ``close()`` on the iterator) cancels the items not
-        yet started."""
-        return _in_order(self.submit(items))
+        yet started. ``early_first``: as for :meth:`submit`."""
+        return _in_order(self.submit(items, early_first))
 
     @property
     def waiting(self) -> int:
@@ -129,6 +137,7 @@ class Scheduler:
         with self._wakeup:
             self._closed = True
             left, self._jobs = self._jobs, {}
+            self._early.clear()
             self._wakeup.notify_all()
         for entry in itertools.chain.from_iterable(left.values()):
             if entry.future.set_running_or_notify_cancel():
@@ -153,6 +162,7 @@ class Scheduler:
                     self._jobs[job] = kept  # an existing key: the job keeps its turn
                 else:
                     del self._jobs[job]
+                    self._early.discard(job)
 
     def _loop(self) -> None:
         while batch := self._next_batch():
@@ -175,11 +185,13 @@ class Scheduler:
         if not self._jobs:
             return []
         key = next(iter(self._jobs.values()))[0].key
-        fitting = ([entry for entry in queue if entry.key == key] for queue in self._jobs.values())
+        fitting = (itertools.islice((entry for entry in queue if entry.key == key), 1 if job in self._early else None)
+                   for job, queue in self._jobs.items())
         rounds = itertools.zip_longest(*fitting)  # round r: each job's r-th item with the key, jobs in turn
         chosen = list(itertools.islice((entry for row in rounds for entry in row if entry is not None), self.max_batch))
         taken = set(chosen)
         for job in [job for job, queue in self._jobs.items() if not taken.isdisjoint(queue)]:
+            self._early.discard(job)
             queue = self._jobs.pop(job)
             if rest := deque(entry for entry in queue if entry not in taken):
                 self._jobs[job] = rest
