@@ -23,7 +23,7 @@ import pickle
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from importlib.resources import files
 from pathlib import Path
 
@@ -387,15 +387,17 @@ class TTSModel:
         items = [WorkItem(ref_audio, ref_text, chunk, params, index) for index, chunk in enumerate(texts)]
         fader = CrossFader(int(params.cross_fade_duration * SAMPLE_RATE), int(PAUSE_FADE_S * SAMPLE_RATE))
         parts: list[np.ndarray] = []
-        waves = self.scheduler.results(items, early_first)
-        for index, (item, wave) in enumerate(zip(items, waves, strict=True), start=1):
-            ready = fader.push(wave if keep is None else keep(item, wave), silences[index - 1])
-            if index == len(items):
-                ready = np.concatenate([ready, fader.finish(silences[index])])
-            part = np.asarray(ready, dtype=np.float32)
-            parts.append(part)
-            if on_chunk is not None:
-                on_chunk(index, len(items), part)
+        # closed on the way out, error or not: the chunks not yet started are dropped at once,
+        # not when a caller lets go of the exception (whose traceback holds this frame)
+        with closing(self.scheduler.results(items, early_first)) as waves:
+            for index, (item, wave) in enumerate(zip(items, waves, strict=True), start=1):
+                ready = fader.push(wave if keep is None else keep(item, wave), silences[index - 1])
+                if index == len(items):
+                    ready = np.concatenate([ready, fader.finish(silences[index])])
+                part = np.asarray(ready, dtype=np.float32)
+                parts.append(part)
+                if on_chunk is not None:
+                    on_chunk(index, len(items), part)
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 

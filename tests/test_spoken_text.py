@@ -178,7 +178,7 @@ def test_a_bad_take_is_synthesized_again_and_the_better_one_kept(make_worker, ti
     submitted: list[WorkItem] = []
     scheduler = tiny_model.scheduler
     submit = scheduler.submit
-    monkeypatch.setattr(scheduler, "submit", lambda items: submitted.extend(items) or submit(items))
+    monkeypatch.setattr(scheduler, "submit", lambda items, *rest: submitted.extend(items) or submit(items, *rest))
     worker = make_worker({})
     worker.asr = ScriptedRecognizer(["Hello bear.", "Hello there."])
     result = run(worker, text="Hello there.", verify=True, cross_fade_duration=0.0, output_format="wav",
