@@ -100,12 +100,14 @@ class Worker:
         return worker
 
     def warm_up(self) -> dict[str, float]:
-        """One short synthesis with the packaged voice, so the first job does not pay the
-        first-call set-up (pinyin/jieba dictionaries, CUDA kernels and cuBLAS/cuDNN handles);
-        it also leaves the default voice prepared in the cache. Returns its timings."""
+        """One short synthesis with the packaged voice, its text normalised, so the first job
+        does not pay the first-call set-up (the normaliser's grammars, pinyin/jieba dictionaries,
+        CUDA kernels and cuBLAS/cuDNN handles); it also leaves the default voice prepared in the
+        cache. Returns its timings."""
         timings = Timings()
         reference, _ = self.voices.get(DEFAULT_VOICE, None, scratch_root(), timings)
-        chunks = self.model.plan(reference.duration_s, reference.text, WARM_UP_TEXT, 1.0)
+        text = self.normalizer.normalize(WARM_UP_TEXT, timings)
+        chunks = self.model.plan(reference.duration_s, reference.text, text, 1.0)
         with timings.measure("synthesize"):
             self.model.synthesize(reference.audio, reference.text, chunks, SynthesisParams(nfe_step=2))
         log.info("warm-up done: %s", timings.report())

@@ -242,11 +242,12 @@ def test_warm_up_setting(setting: str, device: str, expected: bool):
     assert wants_warm_up(setting, device) is expected
 
 
-def test_warm_up_synthesizes_and_leaves_the_default_voice_prepared(make_worker):
+def test_warm_up_synthesizes_and_leaves_the_default_voice_and_the_normaliser_ready(make_worker):
     worker = make_worker({})
-    assert "synthesize" in worker.warm_up()
-    result = worker.run({"id": "first", "input": {"text": "Hello.", "nfe_step": 4}})
-    assert result["voice_cached"] is True and "prepare_reference" not in result["timings_ms"]
+    assert {"load_normalizer", "synthesize"} <= set(worker.warm_up())
+    result = worker.run({"id": "first", "input": {"text": "Hello, it is 5 pm.", "nfe_step": 4}})
+    assert result["voice_cached"] is True and "normalize" in result["timings_ms"]
+    assert not {"prepare_reference", "load_normalizer"} & set(result["timings_ms"])
 
 
 def test_a_callback_that_raises_cancels_the_chunks_not_yet_started_at_once():
