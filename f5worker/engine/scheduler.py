@@ -10,9 +10,10 @@ batch and then for at most one item of each job ahead of it, not for all of a lo
 (head-of-line blocking: BENCHMARKS.md section 7), and no job waits more batches than there are
 jobs ahead of it. It never waits for a batch to fill: a lone item starts at once, and what
 arrives while a batch runs joins the next one. A job submitted with ``early_first`` (one whose
-audio goes out as it is made) has its first item batched without its own other items: on a GPU
-a pass costs about the same for one item or two and grows from there, so a stream's first audio
-comes after one short pass instead of the pass of all its chunks (other jobs' items still join).
+audio goes out as it is made) has its first item batched without its own other items: a pass
+of several items takes longer than a pass of one (BENCHMARKS.md section 4), so a stream's first
+audio comes after that one item's pass, not the pass of all its chunks (other jobs' items still
+join it).
 
 Sizing ``max_batch`` by memory: a batch's activations grow linearly with its item count times
 the frames per item (reference + generated, at most ``tts_model.MAX_CONTEXT_S`` seconds), and
