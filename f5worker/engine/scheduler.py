@@ -70,6 +70,7 @@ class _Waiting:
     item: WorkItem
     key: Hashable
     future: Future[np.ndarray]
+    alone: bool = False  # an early_first job's first item: batched without the job's other items
 
 
 class Scheduler:
@@ -88,7 +89,6 @@ class Scheduler:
         self._sample = sample
         self._key = key
         self._jobs: dict[int, deque[_Waiting]] = {}  # each submission's waiting items, in turn order
-        self._early: set[int] = set()  # early_first submissions whose first batch has not been taken
         self._job_ids = itertools.count()
         self._wakeup = threading.Condition()
         self._closed = False
@@ -99,7 +99,7 @@ class Scheduler:
         """Queue ``items`` (all or none); one future per item, resolved with its wave or its error.
 
         Cancelling a future before its batch starts drops the item. ``early_first``: the first
-        batch that takes one of these items takes only one (module docstring).
+        item is batched without the others (module docstring).
         """
         keys = [self._key(item) for item in items]  # here, so that a bad item fails its job, not the thread
         with self._wakeup:
@@ -111,10 +111,8 @@ class Scheduler:
                 raise QueueFull(len(items), waiting, self.max_queue)
             futures: list[Future[np.ndarray]] = [Future() for _ in items]
             if items:
-                job = next(self._job_ids)
-                self._jobs[job] = deque(map(_Waiting, items, keys, futures))
-                if early_first:
-                    self._early.add(job)
+                alone = [early_first] + [False] * (len(items) - 1)
+                self._jobs[next(self._job_ids)] = deque(map(_Waiting, items, keys, futures, alone))
             self._wakeup.notify()
         return futures
 
@@ -138,7 +136,6 @@ class Scheduler:
         with self._wakeup:
             self._closed = True
             left, self._jobs = self._jobs, {}
-            self._early.clear()
             self._wakeup.notify_all()
         for entry in itertools.chain.from_iterable(left.values()):
             if entry.future.set_running_or_notify_cancel():
@@ -163,7 +160,6 @@ class Scheduler:
                     self._jobs[job] = kept  # an existing key: the job keeps its turn
                 else:
                     del self._jobs[job]
-                    self._early.discard(job)
 
     def _loop(self) -> None:
         while batch := self._next_batch():
@@ -186,13 +182,12 @@ class Scheduler:
         if not self._jobs:
             return []
         key = next(iter(self._jobs.values()))[0].key
-        fitting = (itertools.islice((entry for entry in queue if entry.key == key), 1 if job in self._early else None)
-                   for job, queue in self._jobs.items())
+        fitting = (itertools.islice((entry for entry in queue if entry.key == key), 1 if queue[0].alone else None)
+                   for queue in self._jobs.values())
         rounds = itertools.zip_longest(*fitting)  # round r: each job's r-th item with the key, jobs in turn
         chosen = list(itertools.islice((entry for row in rounds for entry in row if entry is not None), self.max_batch))
         taken = set(chosen)
         for job in [job for job, queue in self._jobs.items() if not taken.isdisjoint(queue)]:
-            self._early.discard(job)
             queue = self._jobs.pop(job)
             if rest := deque(entry for entry in queue if entry not in taken):
                 self._jobs[job] = rest
